@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
-from . import config
 from .errors import DataError
 from .warehouse import has_table, transaction
 
@@ -23,11 +22,6 @@ SPLITS = ("train", "valid", "test")
 
 def sql_text() -> str:
     return resources.files("mlops_nb").joinpath("sql", SQL_FILE).read_text(encoding="utf-8")
-
-
-def split_options(settings: config.Settings) -> dict:
-    s = settings.split
-    return {"train": list(s.train_months), "valid": list(s.valid_months), "test": list(s.test_months)}
 
 
 @dataclass
@@ -48,10 +42,9 @@ def render(snapshot, options: dict, planes: str) -> str:
                              **{k: ",".join(map(str, v)) for k, v in options.items()})
 
 
-def build(con, snapshot, settings: config.Settings | None = None) -> FeatureSet:
-    """The feature set of ``snapshot`` under the current split, created unless already there."""
-    settings = settings or config.get_settings()
-    options = split_options(settings)
+def build(con, snapshot, split: dict) -> FeatureSet:
+    """The feature set of ``snapshot`` under ``split`` (train/valid/test -> months), made unless there."""
+    options = {s: [int(m) for m in split[s]] for s in SPLITS}
     text = sql_text()
     sql_sha = hashlib.sha256(text.encode()).hexdigest()
     fs_id = hashlib.sha256(json.dumps([snapshot.snapshot_id, sql_sha, options]).encode()).hexdigest()

@@ -131,6 +131,9 @@ def ingest(con, settings: config.Settings | None = None) -> Snapshot:
                     if col not in columns:
                         raise DataError(f"The {name} table ({path.name}) has no '{col}' column; expected "
                                         f"the columns {[c.name for c in CONTRACTS[name].columns]}.")
+                    if family_of(columns[col]) != "int" and _rows(con, reader) == 0:
+                        raise DataError(f"The {name} file {path} has a header but no rows; expected at "
+                                        "least one row of data.")
                     if family_of(columns[col]) != "int":
                         raise DataError(f"The '{col}' column of {name} ({path.name}) must hold integers; "
                                         f"found values of type {columns[col]}. Fix the file's values.")
@@ -173,6 +176,10 @@ def _describe(con, name: str, path: Path, reader: str) -> dict[str, str]:
         raise DataError(f"Cannot read {name} from {path}: {str(e).splitlines()[0]}. Expected a CSV file with "
                         "a header line (or a Parquet file).") from None
     return {r[0]: r[1] for r in rows}
+
+
+def _rows(con, reader: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {reader}").fetchone()[0]
 
 
 def _sql_str(path: Path) -> str:

@@ -45,12 +45,7 @@ def check_contract(view, table: Table, categories: dict[str, set]) -> list[dict]
     constraint: column, rule, severity, passed.
     """
     from whylogs.core.constraints import ConstraintsBuilder
-    from whylogs.core.constraints.factories import (
-        frequent_strings_in_reference_set,
-        greater_than_number,
-        no_missing_values,
-        smaller_than_number,
-    )
+    from whylogs.core.constraints.factories import frequent_strings_in_reference_set, is_in_range, no_missing_values
 
     columns = set(view.get_columns())
     rules = []
@@ -59,10 +54,10 @@ def check_contract(view, table: Table, categories: dict[str, set]) -> list[dict]
             continue
         if col.not_null:
             rules.append((col, "not null", "error", no_missing_values(col.name)))
-        if col.min is not None:
-            rules.append((col, f">= {col.min}", col.severity, greater_than_number(col.name, col.min)))
-        if col.max is not None:
-            rules.append((col, f"<= {col.max}", col.severity, smaller_than_number(col.name, col.max)))
+        if col.min is not None or col.max is not None:
+            lo = col.min if col.min is not None else float("-inf")
+            hi = col.max if col.max is not None else float("inf")
+            rules.append((col, f"between {col.min} and {col.max}", col.severity, is_in_range(col.name, lo, hi)))
         if col.name in categories:
             rules.append((col, f"in {col.in_table[0]}.{col.in_table[1]}", "error",
                           frequent_strings_in_reference_set(col.name, set(categories[col.name]))))

@@ -19,6 +19,8 @@ class Finding:
 
     def __str__(self):
         where = f"{self.table}.{self.column}" if self.column else self.table
+        if self.broken_rows < 0:
+            return f"{where}: rule '{self.rule}' broken ({self.detail})"
         text = f"{where}: rule '{self.rule}' broken by {self.broken_rows:,} of {self.total_rows:,} rows"
         return text + (f" ({self.detail})" if self.detail else "")
 
@@ -90,7 +92,12 @@ def _uncastable(con, qualified: str, column: str, target: str) -> int:
     return _count(con, qualified, f'"{column}" IS NOT NULL AND TRY_CAST("{column}" AS {target}) IS NULL')
 
 
-def raise_for(findings: list[Finding]) -> None:
+def raise_for(findings: list[Finding], failed_constraints: list[dict] = ()) -> None:
+    """Stop the run on any error-level SQL finding or whylogs constraint the SQL checks did not cover."""
     errors = [f for f in findings if f.severity == "error"]
+    covered = {(f.table, f.column) for f in errors}
+    errors += [Finding(c["table"], c["column"], c["rule"], -1, -1, detail="whylogs constraint failed")
+               for c in failed_constraints
+               if c["severity"] == "error" and (c["table"], c["column"]) not in covered]
     if errors:
         raise ValidationFailed(errors)

@@ -1,0 +1,154 @@
+"""`mlops-nb`: the command line. Heavy libraries are imported inside commands, so `--help` is instant and
+works when the pipeline is broken; our exceptions become exit codes and plain messages here, and only here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _parse_param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"-p expects key=value (e.g. -p model.seed=7); got {text!r}")
+    return key.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlops-nb", description="Run the notebook pipeline, and inspect its runs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the pipeline headless (only what is stale)",
+                         description="Run pipeline.yaml headless. Only stale tasks run: a task is stale when its "
+                                     "notebook, parameters, input data or imported mlops_nb code changed.")
+    run.add_argument("-p", "--param", action="append", default=[], type=_parse_param, metavar="KEY=VALUE",
+                     help="override a setting for this run, e.g. -p model.seed=7 (repeatable)")
+    run.add_argument("--force", action="store_true", help="run every task (of --task's scope) even if up to date")
+    run.add_argument("--task", metavar="NAME", help="run only this task and what it needs")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    runs = sub.add_parser("runs", help="list recorded runs", description="List recorded runs, newest first.")
+    runs.add_argument("--json", action="store_true", help="print JSON for scripts")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+
+    sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    from .errors import MlopsNbError
+
+    try:
+        return {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings}[args.command](args)
+    except MlopsNbError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args) -> int:
+    from . import config
+
+    overrides = dict(args.param)
+    try:
+        config.find_settings_file()
+    except config.SettingsError:
+        if Path("pipeline.yaml").is_file():
+            return _run_plain(Path("pipeline.yaml"), overrides, args)
+        raise
+    settings = config.load(overrides=overrides)
+    from . import runner
+
+    outcome = runner.run(settings, force=args.force, target=args.task, show_progress=not args.quiet)
+    rec = outcome.record
+    from .pipeline import render_table
+
+    print(render_table(rec.tasks))
+    print()
+    if rec.status == "up-to-date":
+        print(f"Nothing to do: every task is up to date. Run {rec.run_id} recorded.")
+    else:
+        print(f"Run {rec.run_id}: {rec.status} in {(rec.ended_at - rec.started_at).total_seconds():.1f} s")
+    if rec.snapshot_id:
+        print(f"data snapshot: {rec.snapshot_id[:12]}")
+    if rec.metrics:
+        shown = {k: rec.metrics[k] for k in ("roc_auc", "log_loss", "brier", "accuracy") if k in rec.metrics}
+        print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    for report in outcome.reports:
+        print(f"report: {report}")
+    if outcome.error is not None:
+        print(f"\nerror: {outcome.error}", file=sys.stderr)
+        print("The warehouse and the products are as they were before this run.", file=sys.stderr)
+        return outcome.error.exit_code
+    return 0
+
+
+def _run_plain(spec_path: Path, overrides: dict, args) -> int:
+    """A plain Ploomber project (no settings.ini): its own pipeline.yaml, built as Ploomber would."""
+    from . import pipeline
+
+    env = None
+    if overrides:
+        import yaml
+
+        env_file = spec_path.with_name("env.yaml")
+        env = yaml.safe_load(env_file.read_text()) if env_file.exists() else {}
+        for dotted, value in overrides.items():
+            node = env
+            *parents, last = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = yaml.safe_load(value)
+    dag = pipeline.load_plain_dag(spec_path, env)
+    result = pipeline.execute(dag, force=args.force, target=args.task, show_progress=not args.quiet)
+    print(pipeline.render_table(result.tasks))
+    if result.error is not None:
+        print(f"\nerror: {result.error}", file=sys.stderr)
+        return result.error.exit_code
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from . import config, runs, warehouse
+
+    settings = config.load()
+    with warehouse.connect(settings=settings) as con:
+        rows = runs.list_runs(con, args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print("No runs recorded yet: `mlops-nb run` records one.")
+        return 0
+    print(f"{'run':<25} {'started (UTC)':<19} {'status':<10} {'ran':>3} {'commit':<8} {'snapshot':<12} roc_auc")
+    for r in rows:
+        ran = sum(t["status"] == "ran" for t in r["tasks"])
+        commit = (r["git_commit"] or "-")[:7] + ("*" if r["git_dirty"] else "")
+        auc = (r["metrics"] or {}).get("roc_auc")
+        print(f"{r['run_id']:<25} {r['started_at'][:19]:<19} {r['status']:<10} {ran:>3} {commit:<8} "
+              f"{(r['snapshot_id'] or '-')[:12]:<12} {'' if auc is None else f'{auc:.4f}'}")
+    return 0
+
+
+def cmd_settings(args) -> int:
+    from . import config
+
+    settings = config.load()
+    print(f"# {settings.file}")
+    for key, value in settings.as_dict().items():
+        print(f"{key} = {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

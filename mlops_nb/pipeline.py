@@ -1,0 +1,222 @@
+"""The only module that imports Ploomber: build the DAG from a rendered spec, run it, report per task.
+
+Ploomber is unmaintained upstream: everything it does for us goes through ``build_dag`` and ``execute``,
+so it can be replaced without touching the notebooks or pipeline.yaml. Heavy imports happen inside the
+functions (``import ploomber`` takes seconds).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MlopsNbError, NotFoundError, PipelineError, did_you_mean
+
+
+@dataclass
+class TaskResult:
+    name: str
+    status: str          # ran | skipped | failed | not-run
+    seconds: float = 0.0
+
+
+@dataclass
+class BuildResult:
+    tasks: list[TaskResult]
+    error: MlopsNbError | None = None
+    failed_task: str | None = None
+    products: dict[str, dict[str, Path]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def build_dag(plan, executor: str = "engine", task_timeout: int = 3600):
+    """A Ploomber DAG for an mlops-nb plan: our hashes passed as parameters so Ploomber sees data and code
+    changes too, notebooks in-process (ploomber-engine) or in kernels (papermill)."""
+    from ploomber.spec import DAGSpec
+
+    tasks = []
+    for task in plan.tasks.values():
+        entry = dict(task.spec, name=task.name)
+        params = dict(entry.get("params") or {})
+        if task.code_hash:
+            params["code_hash"] = task.code_hash
+        if task.source_hash:
+            params["source_hash"] = task.source_hash
+        entry["params"] = params
+        if "executor" not in entry:
+            if executor == "engine":
+                entry["executor"] = "ploomber-engine"
+                entry["executor_params"] = {"progress_bar": False}
+            else:
+                entry["executor"] = "papermill"
+                entry["executor_params"] = {"execution_timeout": task_timeout, "progress_bar": False}
+        tasks.append(entry)
+    data = dict(plan.data, tasks=tasks)
+    with _quiet():
+        dag = DAGSpec(data, parent_path=str(plan.root)).to_dag()
+    return dag
+
+
+def load_plain_dag(spec_path: Path, env: dict | None = None):
+    """A plain Ploomber project's own pipeline.yaml, loaded as Ploomber would (its env.yaml included)."""
+    from ploomber.spec import DAGSpec
+
+    try:
+        with _quiet():
+            return DAGSpec(str(spec_path), env=env or None).to_dag()
+    except Exception as e:
+        raise PipelineError(f"Cannot load the Ploomber spec {spec_path}: {_first_line(e)}") from None
+
+
+def task_names(dag) -> list[str]:
+    return list(dag)
+
+
+def execute(dag, force: bool = False, target: str | None = None, show_progress: bool = True) -> BuildResult:
+    """Build the DAG (or ``target`` and what it needs); never raises for a failing task, reports it."""
+    from ploomber.executors import Serial
+
+    names = list(dag)
+    if target is not None and target not in names:
+        raise NotFoundError(f"No task named {target!r}; the tasks are {names}.{did_you_mean(target, names)}")
+    dag.executor = Serial(build_in_subprocess=False, catch_exceptions=True, catch_warnings=False)
+    seconds: dict[str, float] = {}
+    errors: dict[str, BaseException] = {}
+    for name in names:
+        _time_task(dag[name], seconds, errors)
+
+    failure = None
+    with _quiet():
+        try:
+            if target is None:
+                dag.build(force=force, show_progress=show_progress)
+            else:
+                dag.build_partially(target, force=force, show_progress=show_progress)
+        except Exception as e:  # Ploomber's DAGBuildError, DAGRenderError, ...
+            failure = e
+
+    results = [TaskResult(n, *_status(dag[n], n, seconds)) for n in names]
+    if failure is None:
+        return BuildResult(results)
+    failed = next((n for n in names if n in errors), None)
+    return BuildResult(results, error=_explain(failed, errors.get(failed), failure, dag), failed_task=failed)
+
+
+def _time_task(task, seconds: dict, errors: dict) -> None:
+    """Wrap a task's build to time it and keep its exception (Ploomber only keeps their text)."""
+    original = task._build
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        except BaseException as e:
+            errors[task.name] = e
+            raise
+        finally:
+            seconds[task.name] = time.perf_counter() - started
+
+    task._build = timed
+
+
+def _status(task, name: str, seconds: dict) -> tuple[str, float]:
+    status = getattr(task.exec_status, "value", str(task.exec_status))
+    if status == "executed":
+        return "ran", seconds.get(name, 0.0)
+    if status == "errored":
+        return "failed", seconds.get(name, 0.0)
+    if status == "skipped":
+        return "skipped", 0.0
+    return "not-run", 0.0
+
+
+def _explain(task_name, exc, failure, dag) -> MlopsNbError:
+    """The failing task, the notebook cell and the cause, from Ploomber's chain of exceptions."""
+    if task_name is None:  # failed before any task ran: rendering
+        return PipelineError(f"The pipeline could not be rendered: {_clean(str(failure))}")
+    chain = []
+    e = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    ours = next((c for c in chain if isinstance(c, MlopsNbError)), None)
+    cell = _cell_of(chain) or _failed_cell(dag[task_name])
+    source = getattr(dag[task_name], "source", None)
+    where = f"Task {task_name!r}"
+    if source is not None and getattr(source, "loc", None):
+        where += f" ({Path(str(source.loc)).name})"
+    if cell:
+        where += f", {cell}"
+    if ours is not None:  # keep its type (and exit code), prefix where it happened
+        err = type(ours).__new__(type(ours))
+        err.__dict__.update(ours.__dict__)
+        err.args = (f"{where} failed:\n{ours}",)
+        return err
+    root = chain[-1] if chain else failure
+    return PipelineError(f"{where} failed: {type(root).__name__}: {_first_line(root)}")
+
+
+def _cell_of(chain) -> str:
+    for c in chain:
+        index = getattr(c, "cell_index", None)  # papermill's PapermillExecutionError
+        if index is not None:
+            return f"cell {index + 1}"
+        m = re.search(r"[Cc]ell (?:#)?(\d+)", str(c).split("\n", 3)[0] if str(c) else "")
+        if m:
+            return f"cell {m.group(1)}"
+    return ""
+
+
+def _failed_cell(task) -> str:
+    """The cell that raised, read from the partially executed notebook the task left behind."""
+    try:
+        products = task.product.to_json_serializable()
+        nb_path = products.get("nb") if isinstance(products, dict) else products
+        cells = json.loads(Path(nb_path).read_text(encoding="utf-8"))["cells"]
+    except Exception:
+        return ""
+    code = [c for c in cells if c.get("cell_type") == "code"
+            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    for i, c in enumerate(code, start=1):
+        if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+            src = "".join(c.get("source", "")).strip().splitlines()
+            last = src[-1].strip() if src else ""
+            return f"code cell {i} (ending `{last[:80]}`)"
+    return ""
+
+
+def _first_line(e) -> str:
+    text = _clean(str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Ploomber warns about parameters a notebook does not declare; ours (code_hash, source_hash) are on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not used in the task's source code.*")
+        warnings.filterwarnings("ignore", message=".*parameters are not used.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+def render_table(results: list[TaskResult]) -> str:
+    width = max([len(r.name) for r in results] + [4])
+    lines = [f"{'task':<{width}}  {'status':<8}  {'seconds':>8}", f"{'-' * width}  {'-' * 8}  {'-' * 8}"]
+    for r in results:
+        secs = f"{r.seconds:8.1f}" if r.status in ("ran", "failed") else f"{'':>8}"
+        lines.append(f"{r.name:<{width}}  {r.status:<8}  {secs}")
+    return "\n".join(lines)
+

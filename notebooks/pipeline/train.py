@@ -1,0 +1,51 @@
+# %% [markdown]
+# # Train
+# Fits the model (`mlops_nb.model`, exported from `notebooks/lib/01_model.ipynb`) on the train months
+# and checks it on the validation months. Every random choice comes from `seed`.
+
+# %% tags=["parameters"]
+upstream = ["features"]
+product = None
+kind = "hgb"
+learning_rate = 0.1
+max_iter = 200
+max_leaf_nodes = 31
+l2_regularization = 0.0
+c = 1.0
+seed = 42
+threshold = 0.5
+
+# %%
+import time
+
+import pandas as pd
+
+from mlops_nb import evaluation, features, model, products, warehouse
+
+feature_receipt = products.read_json(upstream["features"]["features"])
+with warehouse.connect() as con:
+    rows = features.load(con, feature_receipt["table_name"], ["train", "valid"])
+train, valid = rows[rows.split == "train"], rows[rows.split == "valid"]
+
+estimator = model.build_model(kind, learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
+                              l2_regularization=l2_regularization, c=c, seed=seed)
+started = time.perf_counter()
+model.fit(estimator, train)
+fit_seconds = time.perf_counter() - started
+
+# %% [markdown]
+# ## Train and validation metrics
+
+# %%
+scores = {name: evaluation.metrics(part.late, model.predict_proba(estimator, part), threshold)
+          for name, part in (("train", train), ("valid", valid))}
+pd.DataFrame(scores).T
+
+# %%
+model_sha256 = products.save_model(estimator, product["model"])
+products.write_json(product["info"], {
+    "model_sha256": model_sha256, "kind": kind, "seed": seed, "fit_seconds": round(fit_seconds, 3),
+    "params": dict(learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
+                   l2_regularization=l2_regularization, c=c),
+    "feature_set_id": feature_receipt["feature_set_id"], "snapshot_id": feature_receipt["snapshot_id"],
+    "rows": {"train": len(train), "valid": len(valid)}, "metrics": scores})
