@@ -38,9 +38,7 @@ check-nbdev: install ## nbdev notebooks pass their own tests; exported modules m
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/test_nbdev_sync.py
 
 lab: install ## JupyterLab on 127.0.0.1 with the .py task notebooks opening as notebooks
-	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser \
-	  --ServerApp.jpserver_extensions="{'ploomber': False, 'jupytext': True, 'jupyterlab': True}" \
-	  --ContentsManager.allow_hidden=false
+	$(BIN)/mlops-nb lab
 
 lock: ## re-resolve requirements-dev.in + pyproject.toml into requirements.lock (needs the index)
 	rm -rf /tmp/mlops-nb-lock && $(PYTHON) -m venv /tmp/mlops-nb-lock

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
 
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
+
+    lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1, task notebooks (.py) opening as notebooks")
+    lab.add_argument("--port", type=int, default=8888)
+    lab.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    lab.add_argument("extra", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
     return parser
 
 
@@ -47,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import MlopsNbError
 
     try:
-        return {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings}[args.command](args)
+        commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab}
+        return commands[args.command](args)
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -148,6 +154,24 @@ def cmd_settings(args) -> int:
     for key, value in settings.as_dict().items():
         print(f"{key} = {value}")
     return 0
+
+
+def lab_command(port: int, ip: str = "127.0.0.1", extra=()) -> list[str]:
+    """jupyter lab with Ploomber's server extensions off: they wrap jupytext's contents manager and every
+    /api/contents call then fails with HTTP 500."""
+    import os
+
+    cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", f"--ip={ip}", f"--port={port}", "--no-browser",
+           "--ServerApp.jpserver_extensions={'ploomber': False, 'ploomber_extension': False}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    return cmd + list(extra)
+
+
+def cmd_lab(args) -> int:
+    import subprocess
+
+    return subprocess.call(lab_command(args.port, args.ip, args.extra))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,15 @@ import tempfile
 from pathlib import Path
 
 
-def write_json(path, obj) -> Path:
+def write_json(path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    return path
 
 
 def read_json(path) -> dict:

@@ -5,7 +5,10 @@ import re
 from pathlib import Path
 
 # nbconvert's templates link MathJax and require.js from CDNs; the reports have no math and no widgets
-_REMOTE_SCRIPT = re.compile(r'<script[^>]+src="https?://[^"]*"[^>]*>\s*</script>\s*', re.I)
+_REMOTE_SCRIPT = re.compile(r'<script[^>]+src="(?:https?:)?(?://[^"]*)?"[^>]*>\s*</script>\s*', re.I)
+
+# and the lab template imports mermaid from a CDN in an inline module script
+_REMOTE_MODULE = re.compile(r'<script type="module">(?:(?!</script>).)*?cdnjs(?:(?!</script>).)*</script>\s*', re.S)
 
 
 def render(notebook: Path, out: Path, title: str | None = None) -> Path:
@@ -19,6 +22,7 @@ def render(notebook: Path, out: Path, title: str | None = None) -> Path:
     exporter.mathjax_url = ""
     body, _ = exporter.from_notebook_node(nb)
     body = _REMOTE_SCRIPT.sub("", body)
+    body = _REMOTE_MODULE.sub("", body)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(body, encoding="utf-8")
