@@ -66,12 +66,8 @@ def cmd_run(args) -> int:
     from . import config
 
     overrides = dict(args.param)
-    try:
-        config.find_settings_file()
-    except config.SettingsError:
-        if Path("pipeline.yaml").is_file():
-            return _run_plain(Path("pipeline.yaml"), overrides, args)
-        raise
+    if _is_plain_ploomber_project():
+        return _run_plain(Path("pipeline.yaml"), overrides, args)
     settings = config.load(overrides=overrides)
     from . import runner
 
@@ -97,6 +93,19 @@ def cmd_run(args) -> int:
         print("The warehouse and the products are as they were before this run.", file=sys.stderr)
         return outcome.error.exit_code
     return 0
+
+
+def _is_plain_ploomber_project() -> bool:
+    """A pipeline.yaml here and no settings.ini here or above (nor MLOPS_NB_SETTINGS)."""
+    from . import config
+
+    if not Path("pipeline.yaml").is_file():
+        return False
+    try:
+        config.find_settings_file()
+    except config.SettingsError:
+        return True
+    return False
 
 
 def _run_plain(spec_path: Path, overrides: dict, args) -> int:

@@ -146,8 +146,8 @@ def _explain(task_name, exc, failure, dag) -> MlopsNbError:
     while e is not None and e not in chain:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    ours = next((c for c in chain if isinstance(c, MlopsNbError)), None)
-    cell = _cell_of(chain) or _failed_cell(dag[task_name])
+    ours = next((c for c in chain if isinstance(c, MlopsNbError)), None) or _from_kernel(chain)
+    cell = _failed_cell(dag[task_name]) or _cell_of(chain)
     source = getattr(dag[task_name], "source", None)
     where = f"Task {task_name!r}"
     if source is not None and getattr(source, "loc", None):
@@ -160,7 +160,23 @@ def _explain(task_name, exc, failure, dag) -> MlopsNbError:
         err.args = (f"{where} failed:\n{ours}",)
         return err
     root = chain[-1] if chain else failure
+    remote = next((c for c in chain if hasattr(c, "ename")), None)  # papermill: raised in a kernel
+    if remote is not None:
+        return PipelineError(f"{where} failed: {remote.ename}: {_first_line(remote.evalue)}")
     return PipelineError(f"{where} failed: {type(root).__name__}: {_first_line(root)}")
+
+
+def _from_kernel(chain) -> MlopsNbError | None:
+    """One of our errors raised in a papermill kernel arrives as its class name and message only."""
+    from . import errors
+
+    remote = next((c for c in chain if hasattr(c, "ename") and hasattr(c, "evalue")), None)
+    cls = getattr(errors, getattr(remote, "ename", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, MlopsNbError)):
+        return None
+    err = cls.__new__(cls)
+    err.args = (_clean(remote.evalue),)
+    return err
 
 
 def _cell_of(chain) -> str:

@@ -211,7 +211,6 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, file_has
             "params": task.params, "products": {k: str(v) for k, v in task.products.items()},
             "code_hash": task.code_hash, "source_hash": task.source_hash,
             "upstream": {u: plan.tasks[u].fingerprint for u in sorted(task.upstream)},
-            "executor": settings.pipeline.executor,
         }
         task.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
         plan.tasks[task.name] = task
