@@ -34,6 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print JSON for scripts")
     runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
 
+    models = sub.add_parser("models", help="the model registry: list, show, promote, rollback, diff",
+                            description="The model registry: versions, the champion and challenger aliases, "
+                                        "and the audit log of every alias change.")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ml = msub.add_parser("list", help="every registered version, newest first")
+    ml.add_argument("--json", action="store_true")
+    ms = msub.add_parser("show", help="one version: metrics, lineage, gate decision")
+    ms.add_argument("version", help="a version (or unique prefix), or an alias: champion, challenger")
+    ms.add_argument("--json", action="store_true")
+    mp = msub.add_parser("promote", help="point an alias at a version (atomic, audited)")
+    mp.add_argument("version")
+    mp.add_argument("--alias", default="champion", choices=["champion", "challenger"])
+    mp.add_argument("--reason", default="promoted by hand")
+    mr = msub.add_parser("rollback", help="point an alias back at its previous version")
+    mr.add_argument("--alias", default="champion", choices=["champion", "challenger"])
+    md = msub.add_parser("diff", help="metrics and lineage of two versions side by side")
+    md.add_argument("a")
+    md.add_argument("b")
+    md.add_argument("--json", action="store_true")
+    ma = msub.add_parser("audit", help="the alias audit log, newest first")
+    ma.add_argument("--json", action="store_true")
+
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
     lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1, task notebooks (.py) opening as notebooks")
@@ -52,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import MlopsNbError
 
     try:
-        commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab}
+        commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
+                    "models": cmd_models}
         return commands[args.command](args)
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -60,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mlops-nb runs | head`
+        sys.stderr.close()
+        return 0
 
 
 def cmd_run(args) -> int:
@@ -86,6 +112,11 @@ def cmd_run(args) -> int:
     if rec.metrics:
         shown = {k: rec.metrics[k] for k in ("roc_auc", "log_loss", "brier", "accuracy") if k in rec.metrics}
         print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    if rec.gate and rec.status != "up-to-date":
+        verdict = "promoted to champion" if rec.gate.get("promote") else "registered as a candidate, not promoted"
+        print(f"model {rec.model_version}: {verdict}")
+        for reason in rec.gate.get("reasons") or []:
+            print(f"  - {reason}")
     for report in outcome.reports:
         print(f"report: {report}")
     if outcome.error is not None:
@@ -152,6 +183,57 @@ def cmd_runs(args) -> int:
         auc = (r["metrics"] or {}).get("roc_auc")
         print(f"{r['run_id']:<25} {r['started_at'][:19]:<19} {r['status']:<10} {ran:>3} {commit:<8} "
               f"{(r['snapshot_id'] or '-')[:12]:<12} {'' if auc is None else f'{auc:.4f}'}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import config, registry, runner, warehouse
+
+    settings = config.load()
+    action = args.models_command
+    if action in ("promote", "rollback"):
+        # a run's staging warehouse replaces the warehouse when it ends: never change aliases under it
+        with runner.run_lock(settings), warehouse.connect(write=True, settings=settings) as con:
+            if action == "promote":
+                before = registry.promote(con, args.version, args.alias, args.reason)
+                now = registry.aliases(con).get(args.alias)
+                print(f"{args.alias}: {before or '(none)'} -> {now}")
+            else:
+                before, now = registry.rollback(con, args.alias)
+                print(f"{args.alias}: {before} -> {now} (rolled back)")
+        return 0
+    with warehouse.connect(settings=settings) as con:
+        if action == "list":
+            rows = registry.versions(con)
+        elif action == "show":
+            rows = registry.show(con, args.version)
+        elif action == "audit":
+            rows = registry.audit(con)
+        else:
+            rows = registry.diff(con, args.a, args.b)
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=2, default=str))
+    elif action == "list":
+        if not rows:
+            print("No models registered yet: `mlops-nb run` trains and registers one.")
+        print(f"{'version':<18} {'created (UTC)':<19} {'aliases':<20} {'roc_auc':>8} {'brier':>8}  gate")
+        for r in rows:
+            m = r["metrics"] or {}
+            gate = "promoted" if (r["gate"] or {}).get("promote") else "candidate"
+            print(f"{r['version']:<18} {r['created_at'][:19]:<19} {','.join(r['aliases']) or '-':<20} "
+                  f"{m.get('roc_auc', float('nan')):8.4f} {m.get('brier', float('nan')):8.4f}  {gate}")
+    elif action == "show":
+        print(json.dumps(rows, indent=2, default=str))
+    elif action == "audit":
+        for r in rows:
+            print(f"{r['changed_at'][:19]}  {r['alias']:<10} {r['from_version'] or '-':<18} -> "
+                  f"{r['to_version'] or '-':<18} {r['actor']}: {r['reason']}")
+    else:
+        width = max([len(k) for k, _, _ in rows] + [5])
+        print(f"{'field':<{width}}  {args.a:<24} {args.b:<24}")
+        for key, a, b in rows:
+            mark = "" if a == b else "  *"
+            print(f"{key:<{width}}  {str(a):<24} {str(b):<24}{mark}")
     return 0
 
 

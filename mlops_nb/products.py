@@ -22,6 +22,18 @@ def read_json(path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def scratch_dir(product_path) -> Path:
+    """An empty folder beside a product, for files a task hands to something else (e.g. the registry)."""
+    path = Path(product_path)
+    d = path.with_name(f".{path.stem}.scratch")
+    if d.exists():
+        import shutil
+
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
+
+
 def save_model(estimator, path) -> str:
     """Pickle a fitted model atomically; returns the file's sha256, which later loads check."""
     import hashlib

@@ -75,7 +75,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
 
             record.status = "up-to-date"
             record.tasks = [TaskResult(n, "skipped") for n in scope]
-            record.snapshot_id, record.metrics = _lineage(plan)
+            _lineage(plan, record)
             record.ended_at = runs.now()
             _save(settings, record)
             return Outcome(record, [], [])
@@ -98,7 +98,7 @@ def _build(settings, plan, record, stale, force, target, scope, show_progress) -
         if products_dir.exists():
             shutil.copytree(products_dir, backup_dir, symlinks=True)
         try:
-            with config.override(staged):
+            with config.override(staged, {config.ENV_RUN_ID: record.run_id}):
                 dag = pipeline.build_dag(plan, settings.pipeline.executor, settings.pipeline.task_timeout)
                 result = pipeline.execute(dag, force=force, target=target, show_progress=show_progress)
         except BaseException:
@@ -117,7 +117,7 @@ def _build(settings, plan, record, stale, force, target, scope, show_progress) -
     state.setdefault("tasks", {}).update({n: plan.tasks[n].fingerprint for n in scope})
     products.write_json(spec.state_path(settings), state)
     record.status = "succeeded"
-    record.snapshot_id, record.metrics = _lineage(plan)
+    _lineage(plan, record)
     reports = []
     if settings.pipeline.reports:
         from . import reports as reporting
@@ -165,19 +165,21 @@ def _keep_failed_notebook(settings, plan, failed_task) -> list[Path]:
         return []
 
 
-def _lineage(plan: spec.Plan) -> tuple[str | None, dict | None]:
-    """The snapshot id and the metrics of the current products, when the pipeline has them."""
-    snapshot, metrics = None, None
+def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
+    """Snapshot, metrics and the gate's decision, from the current products, into the run record."""
     for task in plan.tasks.values():
         for key, path in task.products.items():
             if path.suffix != ".json" or not path.exists():
                 continue
             data = products.read_json(path)
-            if key == "snapshot" and "snapshot_id" in data:
-                snapshot = data["snapshot_id"]
-            if key == "metrics":
-                metrics = data.get("test", data)
-    return snapshot, metrics
+            if key == "snapshot":
+                record.snapshot_id = data.get("snapshot_id")
+            elif key == "metrics":
+                record.metrics = data.get("test", data)
+            elif key == "decision":
+                record.model_version = data.get("version")
+                record.gate = {"promote": data.get("promote"), "reasons": data.get("reasons"),
+                               "aliases": data.get("aliases")}
 
 
 def _save(settings: config.Settings, record: runs.RunRecord) -> None:

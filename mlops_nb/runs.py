@@ -50,6 +50,12 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def lineage(root: Path) -> dict:
+    """What an artifact records about the code that made it."""
+    commit, dirty = git_info(root)
+    return {"git_commit": commit, "git_dirty": dirty, "versions": library_versions()}
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -62,6 +68,8 @@ class RunRecord:
     snapshot_id: str | None = None
     versions: dict = field(default_factory=dict)
     metrics: dict | None = None
+    model_version: str | None = None
+    gate: dict | None = None
     error: str | None = None
     tasks: list = field(default_factory=list)   # pipeline.TaskResult
 
@@ -70,10 +78,11 @@ def save(con, rec: RunRecord) -> None:
     from .warehouse import transaction
 
     with transaction(con):
-        con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
             rec.run_id, rec.started_at, rec.ended_at, rec.status, rec.git_commit, rec.git_dirty,
             json.dumps(rec.params, sort_keys=True), rec.snapshot_id, json.dumps(rec.versions, sort_keys=True),
-            json.dumps(rec.metrics, sort_keys=True) if rec.metrics is not None else None, rec.error])
+            json.dumps(rec.metrics, sort_keys=True) if rec.metrics is not None else None, rec.model_version,
+            json.dumps(rec.gate, sort_keys=True, default=str) if rec.gate is not None else None, rec.error])
         for t in rec.tasks:
             con.execute("INSERT INTO run_tasks VALUES (?, ?, ?, ?)",
                         [rec.run_id, t.name, t.status, round(t.seconds, 3)])

@@ -46,7 +46,33 @@ CREATE TABLE IF NOT EXISTS runs (
     snapshot_id VARCHAR,
     versions    JSON NOT NULL,
     metrics     JSON,
+    model_version VARCHAR,           -- what the gate registered
+    gate        JSON,                -- its decision: promoted or not, and why
     error       VARCHAR
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    version    VARCHAR PRIMARY KEY,  -- first 16 hex of the model file's sha256
+    tag        VARCHAR NOT NULL,     -- BentoML tag name:version
+    created_at TIMESTAMP NOT NULL,
+    run_id     VARCHAR,
+    metrics    JSON NOT NULL,
+    lineage    JSON NOT NULL,
+    gate       JSON                  -- the gate's decision and reasons
+);
+CREATE TABLE IF NOT EXISTS model_aliases (
+    alias      VARCHAR PRIMARY KEY,  -- champion | challenger
+    version    VARCHAR NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS alias_audit_seq;
+CREATE TABLE IF NOT EXISTS alias_audit (  -- append-only
+    seq          BIGINT PRIMARY KEY,
+    changed_at   TIMESTAMP NOT NULL,
+    alias        VARCHAR NOT NULL,
+    from_version VARCHAR,
+    to_version   VARCHAR,
+    reason       VARCHAR NOT NULL,
+    actor        VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id  VARCHAR NOT NULL,

@@ -20,7 +20,7 @@ import time
 
 import pandas as pd
 
-from mlops_nb import evaluation, features, model, products, warehouse
+from mlops_nb import config, evaluation, features, model, products, runs, warehouse
 
 feature_receipt = products.read_json(upstream["features"]["features"])
 with warehouse.connect() as con:
@@ -48,4 +48,5 @@ products.write_json(product["info"], {
     "params": dict(learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
                    l2_regularization=l2_regularization, c=c),
     "feature_set_id": feature_receipt["feature_set_id"], "snapshot_id": feature_receipt["snapshot_id"],
-    "rows": {"train": len(train), "valid": len(valid)}, "metrics": scores})
+    "rows": {"train": len(train), "valid": len(valid)}, "metrics": scores,
+    "lineage": runs.lineage(config.get_settings().root)})
