@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     ma = msub.add_parser("audit", help="the alias audit log, newest first")
     ma.add_argument("--json", action="store_true")
 
+    serve = sub.add_parser("serve", help="serve the champion over HTTP (bentoml serve, 127.0.0.1)",
+                           description="Run `bentoml serve` of the service, answering with the registry's champion "
+                                       "(and challenger, in a canary or shadow rollout).")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--bento", help="serve this Bento tag (from `mlops-nb build`) instead of the project")
+
+    sub.add_parser("build", help="build a Bento pinned to the current champion (offline); prints its tag")
+
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
     lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1, task notebooks (.py) opening as notebooks")
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
-                    "models": cmd_models}
+                    "models": cmd_models, "serve": cmd_serve, "build": cmd_build}
         return commands[args.command](args)
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -234,6 +243,28 @@ def cmd_models(args) -> int:
         for key, a, b in rows:
             mark = "" if a == b else "  *"
             print(f"{key:<{width}}  {str(a):<24} {str(b):<24}{mark}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from . import config
+    from .serving import build
+
+    settings = config.load()
+    if args.bento is None:
+        build.pinned_tags(settings)  # fail now, in plain words, when there is nothing to serve
+    cmd = build.serve_command(settings, args.port, args.host, args.bento)
+    os.chdir(settings.root)
+    os.execve(cmd[0], cmd, build.tool_env(settings))
+
+
+def cmd_build(args) -> int:
+    from . import config
+    from .serving import build
+
+    print(build.build(config.load()))
     return 0
 
 

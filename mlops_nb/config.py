@@ -144,6 +144,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "profile_window_minutes": Key("60", _positive(int), "minutes > 0",
                                       "one whylogs profile a worker and window (each is ~0.5 MB)"),
         "access_log": Key("false", _bool, "true or false", "BentoML's access log (costs throughput)"),
+        "profile_requests": Key("true", _bool, "true or false",
+                                "profile every request with whylogs and keep the prediction log"),
     },
     "pipeline": {
         "executor": Key("engine", _choice("engine", "papermill"), "one of 'engine', 'papermill'",
@@ -350,8 +352,9 @@ def _build(path: Path, raw: dict) -> Settings:
 
 
 def export_tool_env(settings: Settings) -> None:
-    """Environment that third-party libraries read at import: BentoML's home inside the project."""
-    os.environ["BENTOML_HOME"] = str(settings.path("bentoml_home"))
+    """Environment that third-party libraries read when first used: BentoML's home inside the project,
+    unless the user set one (then every mlops-nb process uses theirs, consistently)."""
+    os.environ.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
 
 
 def _check_files(s: Settings) -> None:

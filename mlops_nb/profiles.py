@@ -70,3 +70,12 @@ def check_contract(view, table: Table, categories: dict[str, set]) -> list[dict]
         out.append({"table": table.name, "column": col.name, "rule": rule, "severity": severity,
                     "passed": bool(result.passed)})
     return out
+
+
+def merge(a, b):
+    """Two profile views of the same columns as one (either may be None)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a.merge(b)

@@ -1,0 +1,37 @@
+"""The baseline of bench/serving.py: the same model behind bare Starlette + uvicorn, nothing else.
+
+    python bench/bare_app.py TAG PORT    (BENTOML_HOME and MLOPS_NB_SETTINGS point at the project)
+"""
+import json
+import sys
+
+import pandas as pd
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlops_nb import registry
+from mlops_nb.model import predict_proba
+from mlops_nb.transforms import RECORD
+
+estimator, info = registry.load(sys.argv[1])
+VERSION = sys.argv[1].split(":")[1]
+
+
+async def predict(request):
+    body = json.loads(await request.body())
+    frame = pd.DataFrame.from_records(body["flights"], columns=list(RECORD))
+    p = predict_proba(estimator, frame)
+    return Response(json.dumps({"model_version": VERSION, "p_late": p.tolist(), "late": (p >= 0.5).tolist()}),
+                    media_type="application/json")
+
+
+async def ready(request):
+    return Response("ok")
+
+
+app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", ready)])
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)

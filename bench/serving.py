@@ -1,0 +1,162 @@
+"""Serving speed: our BentoML service against bare Starlette + uvicorn serving the same model.
+
+Builds a small project (3 months of flights) to get a champion, then starts, on 127.0.0.1:
+  ours      `mlops-nb serve` (BentoML), request profiling on
+  ours-np   the same with serving.profile_requests = false (what profiling costs)
+  bare      bench/bare_app.py: the same model, Starlette + uvicorn, no validation, no logging
+and measures each with wrk (POST /predict, one flight record), interleaved rounds, at 1 and 16 concurrent
+connections: throughput, p50 and p99 latency (medians over rounds). Then /predict_batch rows per second.
+
+Targets (issue #3): ours >= 0.8x bare throughput at 16 concurrent; ours p99 at 1 concurrent <= 3x bare's;
+profiling costs < 3% of throughput.
+
+    .venv/bin/python bench/serving.py [--seconds 8] [--rounds 3]
+Needs wrk (Debian package `wrk`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SAMPLE = ["-p", "data.months=1-3", "-p", "split.train_months=1", "-p", "split.valid_months=2",
+          "-p", "split.test_months=3"]
+RECORD = {"year": 2013, "month": 3, "day": 14, "sched_dep_time": 1725, "sched_arr_time": 2015, "carrier": "UA",
+          "origin": "EWR", "dest": "ORD", "distance": 719.0, "plane_year": 2004.0, "plane_seats": 191.0,
+          "temp": 41.0, "dewp": 30.0, "humid": 64.0, "wind_dir": 300.0, "wind_speed": 12.7, "precip": 0.0,
+          "pressure": 1021.0, "visib": 10.0}
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[%s]]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early ({proc.returncode}) for {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+def wrk(url: str, script: Path, conns: int, seconds: int) -> dict:
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    lat = {p: _ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "99")}
+    return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="mlops-nb-bench-serving-") as tmp:
+        tmp = Path(tmp)
+        project = tmp / "project"
+        project.mkdir()
+        for rel in ("settings.ini", "pipeline.yaml", "notebooks/pipeline"):
+            src = ROOT / rel
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, project / rel)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "BENTOML_HOME"))}
+        env["MLOPS_NB_SETTINGS"] = str(project / "settings.ini")
+        subprocess.run([str(BIN / "mlops-nb"), "run", "--quiet", *SAMPLE], cwd=project, env=env, check=True,
+                       capture_output=True, timeout=900)
+        tag = json.loads(subprocess.run([str(BIN / "mlops-nb"), "models", "show", "champion", "--json"],
+                                        cwd=project, env=env, check=True, capture_output=True,
+                                        text=True).stdout)["tag"]
+        ports = {name: free_port() for name in ("ours", "ours-np", "bare")}
+        servers = {
+            "ours": ([str(BIN / "mlops-nb"), "serve", "--port", str(ports["ours"])], {}),
+            "ours-np": ([str(BIN / "mlops-nb"), "serve", "--port", str(ports["ours-np"])],
+                        {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false"}),
+            "bare": ([sys.executable, str(ROOT / "bench" / "bare_app.py"), tag, str(ports["bare"])],
+                     {"BENTOML_HOME": str(project / "data" / "bentoml")}),
+        }
+        try:
+            for name, (cmd, extra) in servers.items():
+                p = subprocess.Popen(cmd, cwd=project, env={**env, **extra}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                procs.append(p)
+                wait_ready(f"http://127.0.0.1:{ports[name]}/readyz", p)
+            one = tmp / "one.lua"
+            one.write_text(LUA % json.dumps({"flights": [RECORD]}))
+            results: dict = {}
+            for conns in (1, 16):
+                for _ in range(args.rounds):
+                    for name in servers:
+                        r = wrk(f"http://127.0.0.1:{ports[name]}/predict", one, conns, args.seconds)
+                        results.setdefault((name, conns), []).append(r)
+            print(f"POST /predict, one record, {args.rounds} interleaved rounds of {args.seconds} s (medians):")
+            print(f"  {'server':<8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+            med = {}
+            for (name, conns), rs in results.items():
+                med[(name, conns)] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
+                m = med[(name, conns)]
+                print(f"  {name:<8} {conns:>5} {m['rps']:9.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
+                      f"{sum(r['errors'] for r in rs):>8}")
+            tput = med[("ours", 16)]["rps"] / med[("bare", 16)]["rps"]
+            p99 = med[("ours", 1)]["p99"] / med[("bare", 1)]["p99"]
+            cost = 1 - med[("ours", 16)]["rps"] / med[("ours-np", 16)]["rps"]
+            print("ratios:")
+            print(f"  throughput at 16 concurrent, ours / bare: {tput:.2f}x  (target >= 0.80: "
+                  f"{'met' if tput >= 0.8 else 'MISSED'})")
+            print(f"  p99 at 1 concurrent, ours / bare:         {p99:.2f}x  (target <= 3.0: "
+                  f"{'met' if p99 <= 3 else 'MISSED'})")
+            print(f"  profiling cost at 16 concurrent:          {cost * 100:.1f}%  (target < 3%: "
+                  f"{'met' if cost < 0.03 else 'MISSED'})")
+
+            batch = tmp / "batch.lua"
+            rows = 1000
+            batch.write_text(LUA % json.dumps({"columns": {k: [v] * rows for k, v in RECORD.items()}}))
+            r = wrk(f"http://127.0.0.1:{ports['ours']}/predict_batch", batch, 2, args.seconds)
+            print(f"POST /predict_batch, {rows} rows a request, 2 concurrent: {r['rps'] * rows:,.0f} rows/s "
+                  f"(p50 {r['p50']:.1f} ms, non-2xx {r['errors']})")
+        finally:
+            for p in procs:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            for p in procs:
+                p.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The BentoML service (``service``), its request and response schemas, and the request recorder."""

@@ -1,0 +1,135 @@
+"""Request profiling and the prediction log, off the hot path.
+
+A request only appends its rows to a queue (microseconds). A background thread drains the queue in bulk,
+profiles the rows with whylogs into one rolling profile per worker and time window, scores them with the
+shadow model when there is one, and appends the prediction log (request id, time, model version, arm,
+inputs, output) as JSON lines. Each window's profile is rewritten as it grows and is final when the window
+ends or the worker shuts down: ``<serving_dir>/profiles/<window start>-<worker>.bin`` and
+``<serving_dir>/predictions/<window start>-<worker>.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import profiles
+
+DRAIN_SECONDS = 2.0       # how often queued rows are profiled and logged
+WRITE_SECONDS = 60.0      # how often the growing window profile (~0.5 MB) is rewritten
+
+
+class Recorder:
+    def __init__(self, serving_dir: Path, window_minutes: int, shadow=None):
+        self.dir = Path(serving_dir)
+        self.window_seconds = window_minutes * 60
+        self.shadow = shadow            # (version, predict) of the silent challenger, or None
+        self.worker = f"{os.getpid()}"
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mlops-nb-recorder", daemon=True)
+        self._window_start: float | None = None
+        self._profile = None
+        self._written_at = 0.0
+        self.rows_logged = 0
+        self.errors = 0
+
+    def start(self) -> "Recorder":
+        (self.dir / "profiles").mkdir(parents=True, exist_ok=True)
+        (self.dir / "predictions").mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def record(self, request_id: str, version: str, arm: str, frame: pd.DataFrame, p: np.ndarray) -> None:
+        """The hot path: hand the rows over, nothing else."""
+        self._queue.put((time.time(), request_id, version, arm, frame, p))
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(DRAIN_SECONDS)
+            self._drain()
+        self._drain()
+        self._write_profile()
+
+    def _drain(self) -> None:
+        batch = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if not batch:
+            return
+        try:
+            self._log(batch)
+        except Exception as e:  # never let logging take the service down; count and report
+            self.errors += 1
+            print(f"mlops-nb recorder: could not log {len(batch)} request(s): {e!r}", flush=True)
+
+    def _log(self, batch) -> None:
+        for start in sorted({self._window_of(b[0]) for b in batch}):
+            part = [b for b in batch if self._window_of(b[0]) == start]
+            if self._window_start is not None and start != self._window_start:
+                self._write_profile()
+                self._profile = None
+            self._window_start = start
+            frames = []
+            lines = []
+            for at, request_id, version, arm, frame, p in part:
+                f = frame.copy()
+                f["p_late"] = p
+                f["arm"] = arm
+                frames.append(f)
+                stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+                for i, row in enumerate(frame.astype(object).where(frame.notna(), None).to_dict(orient="records")):
+                    lines.append({"request_id": request_id, "row": i, "at": stamp, "model_version": version,
+                                  "arm": arm, "inputs": row, "p_late": float(p[i])})
+            rows = pd.concat(frames, ignore_index=True)
+            if self.shadow is not None:
+                version, predict = self.shadow
+                shadow_p = predict(rows.drop(columns=["p_late", "arm"]))
+                for line, sp in zip(lines, shadow_p):
+                    line["shadow"] = {"arm": "challenger", "model_version": version, "p_late": float(sp)}
+            self._profile = profiles.merge(self._profile, profiles.profile(rows))
+            if time.monotonic() - self._written_at > WRITE_SECONDS:
+                self._write_profile()
+            with open(self._path("predictions", ".jsonl"), "a", encoding="utf-8") as f:
+                for line in lines:
+                    f.write(json.dumps(line, default=_json_default) + "\n")
+            self.rows_logged += len(rows)
+
+    def _window_of(self, at: float) -> float:
+        return at - (at % self.window_seconds)
+
+    def _path(self, kind: str, suffix: str) -> Path:
+        stamp = datetime.fromtimestamp(self._window_start, timezone.utc).strftime("%Y%m%dT%H%M")
+        return self.dir / kind / f"{stamp}-{self.worker}{suffix}"
+
+    def _write_profile(self) -> None:
+        if self._profile is None or self._window_start is None:
+            return
+        path = self._path("profiles", ".bin")
+        tmp = path.with_name("." + path.name + ".tmp")
+        profiles.write(self._profile, tmp)
+        os.replace(tmp, path)
+        self._written_at = time.monotonic()
+
+
+def _json_default(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return str(v)

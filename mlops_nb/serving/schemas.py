@@ -1,0 +1,88 @@
+"""Request and response schemas, built from the model's flight record (``transforms.RECORD``).
+
+One source for the fields, their types and ranges: the service's OpenAPI schema, the validation of every
+request and the training data's contract agree by construction. Unknown fields, NaN and infinity are
+refused (HTTP 400 naming the field).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from ..transforms import RECORD, REQUIRED
+
+CODE = r"^[A-Za-z0-9]{1,8}$"
+INTEGER_FIELDS = {"year", "month", "day", "sched_dep_time", "sched_arr_time"}
+
+
+def _field(name: str, kind: str, lo, hi, doc: str, *, as_list: bool):
+    if kind == "category":
+        base = Annotated[str, Field(pattern=CODE, description=doc)]
+    elif name in INTEGER_FIELDS:
+        base = Annotated[int, Field(ge=lo, le=hi, description=doc)]
+    else:
+        base = Annotated[float, Field(ge=lo, le=hi, allow_inf_nan=False, description=doc)]
+    required = name in REQUIRED
+    if as_list:
+        item = base if required else Optional[base]
+        return (list[item], Field(..., min_length=1, description=doc) if required
+                else Field(None, min_length=1, description=doc))
+    return (base, ...) if required else (Optional[base], None)
+
+
+FlightRecord = create_model(
+    "FlightRecord", __config__=ConfigDict(extra="forbid"),
+    **{name: _field(name, *spec, as_list=False) for name, spec in RECORD.items()})
+FlightRecord.__doc__ = "One scheduled flight, with what is known before it leaves."
+
+
+class _Columns(BaseModel):
+    @model_validator(mode="after")
+    def _same_length(self):
+        lengths = {name: len(v) for name, v in self if v is not None}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"every column must have as many values; got lengths {lengths}")
+        return self
+
+    def n_rows(self) -> int:
+        return next(len(v) for _, v in self if v is not None)
+
+
+FlightColumns = create_model(
+    "FlightColumns", __base__=_Columns,
+    **{name: _field(name, *spec, as_list=True) for name, spec in RECORD.items()})
+FlightColumns.model_config["extra"] = "forbid"
+FlightColumns.model_rebuild(force=True)
+FlightColumns.__doc__ = "Many flights as columns: each field a list, all of one length."
+
+
+KEY_DOC = "routing key of a canary rollout: the same key always gets the same arm (default: random)"
+
+
+def request_models(max_rows: int):
+    """The request bodies, with the row limit of the settings."""
+    flights = create_model(
+        "PredictRequest", __config__=ConfigDict(extra="forbid"),
+        flights=(list[FlightRecord], Field(..., min_length=1, max_length=max_rows)),
+        key=(Optional[str], Field(None, max_length=200, description=KEY_DOC)))
+    columns = create_model(
+        "PredictBatchRequest", __config__=ConfigDict(extra="forbid"),
+        columns=(FlightColumns, ...),
+        key=(Optional[str], Field(None, max_length=200, description=KEY_DOC)))
+    return flights, columns
+
+
+class Prediction(BaseModel):
+    request_id: str
+    model_version: str
+    arm: str = Field(description="champion or challenger: which model answered")
+    p_late: list[float] = Field(description="probability of arriving more than 15 minutes late, a row each")
+    late: list[bool] = Field(description="p_late >= the model's threshold")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    mode: str
+    champion: dict
+    challenger: Optional[dict] = None

@@ -1,0 +1,170 @@
+"""The BentoML service: the champion (and, in a rollout, the challenger) behind typed HTTP endpoints.
+
+    bentoml serve mlops_nb.serving.service:FlightDelay      # in the project: the registry's champion
+    mlops-nb serve / mlops-nb build                          # the same, and a Bento pinned to its model
+
+Which model: a Bento built by ``mlops-nb build`` carries ``pinned.json`` naming its exact tags; anywhere
+else the registry's aliases are read once at start-up. Every answer names the model version, the arm and
+a request id. Features come from the model itself (its first step is ``transforms.derive``): there is no
+second implementation to drift from training.
+
+Speed (see bench/serving.py): async endpoints, BentoML's tracing excluded from the API routes, access log
+off by default, a full garbage collection then ``gc.freeze()`` at start-up, and request profiling handed
+to a background thread.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import bentoml
+import numpy as np
+import pandas as pd
+from .. import config, registry
+from ..errors import MlopsNbError
+from ..model import predict_proba
+from ..transforms import RECORD
+from .recorder import Recorder
+from .schemas import ModelInfo, Prediction, request_models
+
+PINNED_FILE = "pinned.json"
+API_ROUTES = ["/predict", "/predict_batch", "/model"]
+SETTINGS = config.get_settings()
+MAX_ROWS = SETTINGS.serving.max_rows
+PredictRequest, PredictBatchRequest = request_models(MAX_ROWS)
+config.export_tool_env(SETTINGS)
+
+
+class ServingError(MlopsNbError):
+    """The service cannot start: no model to serve, or the model store lacks it."""
+
+
+@dataclass
+class Loaded:
+    tag: str
+    version: str
+    estimator: object
+    info: dict
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info.get("threshold", 0.5))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return predict_proba(self.estimator, frame)
+
+    def describe(self) -> dict:
+        keep = ("kind", "params", "seed", "snapshot_id", "feature_set_id", "lineage", "model_sha256", "run_id")
+        return {"version": self.version, "tag": self.tag, "metrics": self.info.get("metrics", {}),
+                **{k: self.info.get(k) for k in keep}}
+
+
+def pinned_path() -> Path:
+    """Where ``mlops-nb build`` puts the pinned tags: the root of the Bento's source."""
+    return Path(__file__).resolve().parents[2] / PINNED_FILE
+
+
+def resolve_tags(settings: config.Settings) -> dict[str, str]:
+    """alias -> exact BentoML tag: from pinned.json in a Bento, else from the registry."""
+    pinned = pinned_path()
+    if pinned.exists():
+        return json.loads(pinned.read_text())["models"]
+    from .. import warehouse
+
+    try:
+        with warehouse.connect(settings=settings) as con:
+            current = registry.aliases(con)
+            tags = {alias: registry.show(con, version)["tag"] for alias, version in current.items()}
+    except MlopsNbError as e:
+        raise ServingError(f"Nothing to serve: {e} Run the pipeline first (`mlops-nb run`) so that a "
+                           "model is trained and promoted.") from None
+    if "champion" not in tags:
+        raise ServingError("Nothing to serve: the registry has no champion. Run the pipeline first "
+                           "(`mlops-nb run`), or promote a version (`mlops-nb models promote VERSION`).")
+    return tags
+
+
+def load(tag: str) -> Loaded:
+    estimator, info = registry.load(tag)
+    return Loaded(tag, tag.split(":", 1)[1], estimator, info)
+
+
+def arm_for(key: str, share: float) -> str:
+    """Canary routing: a stable hash of the key, so the same key always gets the same arm."""
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return "challenger" if bucket < share else "champion"
+
+
+@bentoml.service(
+    name="flight_delay",
+    workers=1,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": SETTINGS.serving.access_log}},
+    tracing={"excluded_urls": API_ROUTES},
+)
+class FlightDelay:
+    def __init__(self) -> None:
+        self.mode = SETTINGS.serving.mode
+        tags = resolve_tags(SETTINGS)
+        self.champion = load(tags["champion"])
+        self.challenger = None
+        if self.mode != "champion":
+            if "challenger" not in tags:
+                raise ServingError(f"serving.mode is {self.mode!r} but the registry has no challenger; "
+                                   "promote one (`mlops-nb models promote VERSION --alias challenger`) or set "
+                                   "serving.mode = champion.")
+            self.challenger = load(tags["challenger"])
+        shadow = (self.challenger.version, self.challenger.predict) if self.mode == "shadow" else None
+        self.recorder = (Recorder(SETTINGS.path("serving_dir"), SETTINGS.serving.profile_window_minutes, shadow)
+                         if SETTINGS.serving.profile_requests else None)
+        self.share = SETTINGS.serving.canary_share if self.mode == "canary" else 0.0
+
+    @bentoml.on_startup
+    def _start(self) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
+        gc.collect()
+        gc.freeze()  # the loaded model and libraries leave the collector's sight: no long pauses under load
+
+    @bentoml.on_shutdown
+    def _stop(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def answer(self, frame: pd.DataFrame, key: Optional[str]) -> Prediction:
+        request_id = os.urandom(8).hex()
+        arm = arm_for(key or request_id, self.share) if self.share else "champion"
+        model = self.challenger if arm == "challenger" else self.champion
+        p = model.predict(frame)
+        if self.recorder is not None:
+            self.recorder.record(request_id, model.version, arm, frame, p)
+        return Prediction(request_id=request_id, model_version=model.version, arm=arm, p_late=p.tolist(),
+                          late=(p >= model.threshold).tolist())
+
+    @bentoml.api(route="/predict")
+    async def predict(self, request: PredictRequest, /) -> Prediction:
+        """P(late) for one or more flight records."""
+        frame = pd.DataFrame.from_records([f.__dict__ for f in request.flights], columns=list(RECORD))
+        return self.answer(frame, request.key)
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, request: PredictBatchRequest, /) -> Prediction:
+        """P(late) for many flights sent as columns (faster to parse than records)."""
+        columns = request.columns
+        n = columns.n_rows()
+        if n > MAX_ROWS:
+            raise bentoml.exceptions.InvalidArgument(
+                f"columns carry {n} rows; at most serving.max_rows = {MAX_ROWS} are allowed per request")
+        frame = pd.DataFrame({name: values if values is not None else [None] * n for name, values in columns})
+        return self.answer(frame, request.key)
+
+    @bentoml.api(route="/model")
+    async def model(self) -> ModelInfo:
+        """The served model(s): version, lineage, metrics, and the rollout mode."""
+        return ModelInfo(mode=self.mode, champion=self.champion.describe(),
+                         challenger=self.challenger.describe() if self.challenger else None)
