@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast check-nbdev lab lock bench clean
+.PHONY: help install run test test-fast check-nbdev lab lock bench bench-serving serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,8 +46,14 @@ lock: ## re-resolve requirements-dev.in + pyproject.toml into requirements.lock 
 	(echo "# Exact versions of every package (make lock regenerates it from pyproject.toml + requirements-dev.in)."; \
 	 /tmp/mlops-nb-lock/bin/pip freeze --all --exclude-editable | grep -v -e '^mlops-nb' -e '^pip==') > requirements.lock
 
-bench: install ## speed and memory figures against plain Ploomber (minutes)
+bench: install ## pipeline speed and memory against plain Ploomber (minutes)
 	$(BIN)/python bench/pipeline.py
 
+bench-serving: install ## service throughput and latency against bare Starlette (needs wrk)
+	$(BIN)/python bench/serving.py
+
+serve: install ## serve the champion on 127.0.0.1:3000
+	$(BIN)/mlops-nb serve
+
 clean: ## remove the warehouse, products and reports (keeps .venv)
-	rm -rf data/warehouse.duckdb* data/products data/state.json data/.run.lock reports
+	rm -rf data/warehouse.duckdb* data/products data/bentoml data/serving data/.run.lock reports

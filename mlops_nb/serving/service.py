@@ -29,6 +29,7 @@ from .. import config, registry
 from ..errors import MlopsNbError
 from ..model import predict_proba
 from ..transforms import RECORD
+from .limits import BodyLimit
 from .recorder import Recorder
 from .schemas import ModelInfo, Prediction, request_models
 
@@ -36,8 +37,8 @@ PINNED_FILE = "pinned.json"
 API_ROUTES = ["/predict", "/predict_batch", "/model"]
 SETTINGS = config.get_settings()
 MAX_ROWS = SETTINGS.serving.max_rows
+MAX_BODY_BYTES = MAX_ROWS * 1024 + 65536  # a record is ~400 bytes of JSON
 PredictRequest, PredictBatchRequest = request_models(MAX_ROWS)
-config.export_tool_env(SETTINGS)
 
 
 class ServingError(MlopsNbError):
@@ -100,6 +101,10 @@ def arm_for(key: str, share: float) -> str:
     return "challenger" if bucket < share else "champion"
 
 
+if not pinned_path().exists():  # a Bento's models come from the Bento, not the project's store
+    config.export_tool_env(SETTINGS)
+
+
 @bentoml.service(
     name="flight_delay",
     workers=1,
@@ -120,7 +125,8 @@ class FlightDelay:
                                    "serving.mode = champion.")
             self.challenger = load(tags["challenger"])
         shadow = (self.challenger.version, self.challenger.predict) if self.mode == "shadow" else None
-        self.recorder = (Recorder(SETTINGS.path("serving_dir"), SETTINGS.serving.profile_window_minutes, shadow)
+        out = config.serving_dir(SETTINGS, in_bento=pinned_path().exists())
+        self.recorder = (Recorder(out, SETTINGS.serving.profile_window_minutes, shadow)
                          if SETTINGS.serving.profile_requests else None)
         self.share = SETTINGS.serving.canary_share if self.mode == "canary" else 0.0
 
@@ -168,3 +174,6 @@ class FlightDelay:
         """The served model(s): version, lineage, metrics, and the rollout mode."""
         return ModelInfo(mode=self.mode, champion=self.champion.describe(),
                          challenger=self.challenger.describe() if self.challenger else None)
+
+
+FlightDelay.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
