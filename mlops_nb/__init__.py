@@ -6,7 +6,16 @@ Modules:
 - `mlops_nb.contracts`: Data contracts: what each raw table must look like before anything is trained on it.
 - `mlops_nb.errors`: Our exception tree.
 - `mlops_nb.features`: Feature sets: ``sql/features.sql`` run over a snapshot, stored content-addressed in the warehouse.
+- `mlops_nb.gate`: The promotion gate: model tests, and the decision whether a new model may replace the champion.
 - `mlops_nb.ingest`: Sources -> immutable, content-addressed snapshots in the warehouse.
+- `mlops_nb.pipeline`: The only module that imports Ploomber: build the DAG from a rendered spec, run it, report per task.
+- `mlops_nb.registry`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
+- `mlops_nb.runner`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does.
+- `mlops_nb.serving.build`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
+- `mlops_nb.serving.recorder`: Request profiling and the prediction log, off the hot path.
+- `mlops_nb.serving.schemas`: Request and response schemas, built from the model's flight record (``transforms.RECORD``).
+- `mlops_nb.serving.service`: The BentoML service: the champion (and, in a rollout, the challenger) behind typed HTTP endpoints.
+- `mlops_nb.spec`: pipeline.yaml, rendered with the settings, and each task's fingerprint, without importing Ploomber.
 - `mlops_nb.warehouse`: DuckDB warehouse: short-lived connections, the bookkeeping tables, and nothing else."""
 
 __version__ = "0.1.0"

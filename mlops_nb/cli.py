@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting for this run, e.g. -p model.seed=7 (repeatable)")
     run.add_argument("--force", action="store_true", help="run every task (of --task's scope) even if up to date")
     run.add_argument("--task", metavar="NAME", help="run only this task and what it needs")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress lines, only the closing table")
 
     runs = sub.add_parser("runs", help="list recorded runs", description="List recorded runs, newest first.")
     runs.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -106,7 +106,7 @@ def cmd_run(args) -> int:
     settings = config.load(overrides=overrides)
     from . import runner
 
-    outcome = runner.run(settings, force=args.force, target=args.task, show_progress=not args.quiet)
+    outcome = runner.run(settings, force=args.force, target=args.task, progress=None if args.quiet else _progress)
     rec = outcome.record
     from .pipeline import render_table
 
@@ -133,6 +133,13 @@ def cmd_run(args) -> int:
         print("The warehouse and the products are as they were before this run.", file=sys.stderr)
         return outcome.error.exit_code
     return 0
+
+
+def _progress(task: str, event: str, seconds: float) -> None:
+    if event == "start":
+        print(f"  running {task} ...", file=sys.stderr, flush=True)
+    else:
+        print(f"  {task} {event} in {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 def _is_plain_ploomber_project() -> bool:
@@ -165,7 +172,7 @@ def _run_plain(spec_path: Path, overrides: dict, args) -> int:
                 node = node.setdefault(p, {})
             node[last] = yaml.safe_load(value)
     dag = pipeline.load_plain_dag(spec_path, env)
-    result = pipeline.execute(dag, force=args.force, target=args.task, show_progress=not args.quiet)
+    result = pipeline.execute(dag, force=args.force, target=args.task, progress=None if args.quiet else _progress)
     print(pipeline.render_table(result.tasks))
     if result.error is not None:
         print(f"\nerror: {result.error}", file=sys.stderr)

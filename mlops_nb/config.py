@@ -35,8 +35,8 @@ def parse_months(text: str) -> tuple[int, ...]:
     for part in str(text).replace(" ", "").split(","):
         if not part:
             continue
-        lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi or lo)
+        lo, dash, hi = part.partition("-")
+        a, b = int(lo), int(hi if dash else lo)
         if not (1 <= a <= b <= 12):
             raise ValueError(part)
         months.extend(range(a, b + 1))

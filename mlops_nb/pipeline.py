@@ -79,8 +79,9 @@ def task_names(dag) -> list[str]:
     return list(dag)
 
 
-def execute(dag, force: bool = False, target: str | None = None, show_progress: bool = True) -> BuildResult:
-    """Build the DAG (or ``target`` and what it needs); never raises for a failing task, reports it."""
+def execute(dag, force: bool = False, target: str | None = None, progress=None) -> BuildResult:
+    """Build the DAG (or ``target`` and what it needs); never raises for a failing task, reports it.
+    ``progress(name, event, seconds)`` is told when each task starts ('start') and ends ('ran', 'failed')."""
     from ploomber.executors import Serial
 
     names = list(dag)
@@ -90,15 +91,17 @@ def execute(dag, force: bool = False, target: str | None = None, show_progress: 
     seconds: dict[str, float] = {}
     errors: dict[str, BaseException] = {}
     for name in names:
-        _time_task(dag[name], seconds, errors)
+        _time_task(dag[name], seconds, errors, progress)
 
+    if target is not None:  # the target and its upstream only (build_partially would build a deep copy)
+        keep = _upstream_closure(dag, target)
+        for name in [n for n in names if n not in keep]:
+            dag.pop(name)
+        names = [n for n in names if n in keep]
     failure = None
     with _quiet(everything=False):
         try:
-            if target is None:
-                dag.build(force=force, show_progress=show_progress)
-            else:
-                dag.build_partially(target, force=force, show_progress=show_progress)
+            dag.build(force=force, show_progress=False)
         except Exception as e:  # Ploomber's DAGBuildError, DAGRenderError, ...
             failure = e
 
@@ -109,19 +112,36 @@ def execute(dag, force: bool = False, target: str | None = None, show_progress: 
     return BuildResult(results, error=_explain(failed, errors.get(failed), failure, dag), failed_task=failed)
 
 
-def _time_task(task, seconds: dict, errors: dict) -> None:
-    """Wrap a task's build to time it and keep its exception (Ploomber only keeps their text)."""
+def _upstream_closure(dag, target: str) -> set[str]:
+    keep, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(dag[name].upstream)
+    return keep
+
+
+def _time_task(task, seconds: dict, errors: dict, progress) -> None:
+    """Wrap a task's build to time it, report it and keep its exception (Ploomber only keeps their text)."""
     original = task._build
 
     def timed(*args, **kwargs):
         started = time.perf_counter()
+        if progress:
+            progress(task.name, "start", 0.0)
         try:
-            return original(*args, **kwargs)
+            result = original(*args, **kwargs)
         except BaseException as e:
             errors[task.name] = e
-            raise
-        finally:
             seconds[task.name] = time.perf_counter() - started
+            if progress:
+                progress(task.name, "failed", seconds[task.name])
+            raise
+        seconds[task.name] = time.perf_counter() - started
+        if progress:
+            progress(task.name, "ran", seconds[task.name])
+        return result
 
     task._build = timed
 

@@ -58,7 +58,7 @@ def run_lock(settings: config.Settings) -> Iterator[None]:
 
 
 def run(settings: config.Settings, force: bool = False, target: str | None = None,
-        show_progress: bool = True, file_hasher=None) -> Outcome:
+        progress=None, file_hasher=None) -> Outcome:
     record = runs.RunRecord(runs.new_run_id(), runs.now(), params=settings.as_dict())
     with run_lock(settings):
         plan = spec.load_plan(settings, file_hasher=file_hasher)
@@ -79,10 +79,10 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
             record.ended_at = runs.now()
             _save(settings, record)
             return Outcome(record, [], [])
-        return _build(settings, plan, record, stale, force, target, scope, show_progress)
+        return _build(settings, plan, record, stale, force, target, scope, progress)
 
 
-def _build(settings, plan, record, stale, force, target, scope, show_progress) -> Outcome:
+def _build(settings, plan, record, stale, force, target, scope, progress) -> Outcome:
     from . import pipeline
 
     warehouse = settings.path("warehouse")
@@ -100,7 +100,7 @@ def _build(settings, plan, record, stale, force, target, scope, show_progress) -
         try:
             with config.override(staged, {config.ENV_RUN_ID: record.run_id}):
                 dag = pipeline.build_dag(plan, settings.pipeline.executor, settings.pipeline.task_timeout)
-                result = pipeline.execute(dag, force=force, target=target, show_progress=show_progress)
+                result = pipeline.execute(dag, force=force, target=target, progress=progress)
         except BaseException:
             _restore(products_dir, backup_dir, staging)
             raise

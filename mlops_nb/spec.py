@@ -208,13 +208,21 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, file_has
             task.source_hash = ingest.snapshot_id(file_settings, hashes)
         payload = {
             "notebook": hashlib.sha256(text.encode()).hexdigest(),
-            "params": task.params, "products": {k: str(v) for k, v in task.products.items()},
+            "params": task.params, "products": {k: _relative(v, settings.root) for k, v in task.products.items()},
             "code_hash": task.code_hash, "source_hash": task.source_hash,
             "upstream": {u: plan.tasks[u].fingerprint for u in sorted(task.upstream)},
         }
         task.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
         plan.tasks[task.name] = task
     return plan
+
+
+def _relative(path: Path, root: Path) -> str:
+    """Product paths inside the project count relative to it: a moved project stays up to date."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _toposort(tasks: list[Task]) -> list[Task]:

@@ -58,9 +58,15 @@ def check_table(con, qualified: str, table: Table, snapshot=None, present=()) ->
         found = family_of(columns[col.name])
         if found != col.family and not (col.family == "number" and found == "int"):
             bad = _uncastable(con, qualified, col.name, "DOUBLE" if col.family != "text" else "VARCHAR")
-            out.append(Finding(table.name, col.name, f"type {col.family}", bad, total,
-                               detail=f"found type {columns[col.name]}; "
-                                      f"{bad:,} value(s) are not {col.family}"))
+            non_null = _count(con, qualified, f'"{col.name}" IS NOT NULL')
+            if bad:
+                detail = f"found type {columns[col.name]}; {bad:,} value(s) are not {col.family}"
+            elif not non_null:
+                bad, detail = total, "the column has no values at all (every row is empty or NA)"
+            else:
+                bad, detail = non_null, (f"stored as {columns[col.name]}; store the values as {col.family} "
+                                        "in the source file")
+            out.append(Finding(table.name, col.name, f"type {col.family}", bad, total, detail=detail))
             continue
         q = f'"{col.name}"'
         if col.not_null:

@@ -167,6 +167,6 @@ def fingerprint_tables(path: Path) -> dict:
         out = {}
         for schema, name in tables:
             q = f'"{schema}"."{name}"'
-            n, h = con.execute(f"SELECT count(*), coalesce(sum(hash(t.*)), 0) FROM {q} AS t").fetchone()
+            n, h = con.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {q} AS t").fetchone()
             out[f"{schema}.{name}"] = (n, int(h))
         return out

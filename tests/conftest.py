@@ -34,9 +34,8 @@ SMALL_SETTINGS = {
     "split.test_months": "3",
     "model.max_iter": "30",
 }
-# The same as -p arguments, for commands run against a project whose settings.ini is the repo's.
-SMALL_PARAMS = [arg for key, value in SMALL_SETTINGS.items() for arg in ("-p", f"{key}={value}")]
 
+# The reference pipeline's tasks, upstream first. pipeline.yaml may hold more; see pipeline_graph().
 TASKS = ["ingest", "validate", "features", "train", "evaluate"]
 ROWS_PER_MONTH = 2500  # flights sampled a month for the small CSVs
 
@@ -144,7 +143,9 @@ def project_factory(tmp_path):
 
 
 def cli_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_NB_")}
+    """The environment of a CLI run: ours minus MLOPS_NB_* (settings come from the project) and minus
+    BENTOML_HOME (a project keeps its model store in its own data folder, never the user's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_NB_") and k != "BENTOML_HOME"}
     env.update(PLOOMBER_STATS_ENABLED="false", WHYLOGS_NO_ANALYTICS="1", BENTOML_DO_NOT_TRACK="true",
                PLOOMBER_VERSION_CHECK_DISABLED="true", PYTHONDONTWRITEBYTECODE="1")
     env.update(extra or {})
@@ -164,13 +165,21 @@ class Result:
                 f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}")
 
     def task_table(self) -> dict[str, str]:
-        """task -> status, parsed from the closing table the run prints."""
-        out = {}
-        for line in self.stdout.splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] in TASKS and parts[1] in {"ran", "skipped", "failed", "not-run"}:
-                out[parts[0]] = parts[1]
+        """task -> status, parsed from the closing table the run prints (header, dashes, one row a task)."""
+        lines = self.stdout.splitlines()
+        out: dict[str, str] = {}
+        for i, line in enumerate(lines):
+            if line.split()[:3] == ["task", "status", "seconds"] and i + 1 < len(lines):
+                for row in lines[i + 2:]:
+                    if not row.strip():
+                        break
+                    name, status = row.split()[:2]
+                    out[name] = status
+                break
         return out
+
+    def tasks_with(self, status: str) -> set[str]:
+        return {name for name, s in self.task_table().items() if s == status}
 
 
 def run_cli(cwd: Path, *args, env: dict | None = None, timeout: float = TIMEOUT) -> Result:
@@ -201,10 +210,28 @@ PRODUCTS = Path("data/products")
 RUN_TABLES = {"main.runs", "main.run_tasks"}
 
 
+def fingerprint_tables(path: Path) -> dict:
+    """{schema.table: (rows, content hash)} of every table of a DuckDB file, opened read-only.
+
+    The same measure as ``mlops_nb.warehouse.fingerprint_tables``, which fails on the locked DuckDB
+    (``hash(t.*)`` is a binder error there; see test_ingest.py::test_package_fingerprint_tables): the
+    whole row is hashed as a struct instead.
+    """
+    from mlops_nb.warehouse import connect
+
+    with connect(path=path) as con:
+        tables = con.execute("SELECT table_schema, table_name FROM information_schema.tables "
+                             "ORDER BY 1, 2").fetchall()
+        out = {}
+        for schema, name in tables:
+            n, h = con.execute(f'SELECT count(*), coalesce(sum(hash(t)), 0) FROM "{schema}"."{name}" AS t'
+                               ).fetchone()
+            out[f"{schema}.{name}"] = (n, int(h))
+        return out
+
+
 def warehouse_tables(project: Path, include_runs: bool = False) -> dict:
     """{table: (rows, hash)} of the project's warehouse, without the run records unless asked."""
-    from mlops_nb.warehouse import fingerprint_tables
-
     tables = fingerprint_tables(project / WAREHOUSE)
     return tables if include_runs else {k: v for k, v in tables.items() if k not in RUN_TABLES}
 
@@ -229,3 +256,110 @@ def last_run(project: Path) -> dict:
     rows = json.loads(result.stdout)
     assert rows, "no run recorded"
     return rows[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# one build, many tests
+
+
+def package_digest() -> str:
+    """sha256 of the package's Python and SQL files: what a build's fingerprints depend on."""
+    h = hashlib.sha256()
+    for f in sorted(PACKAGE.rglob("*")):
+        if f.is_file() and f.suffix in (".py", ".sql") and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(PACKAGE)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+class BuiltProject:
+    """A sample project built once at ``work``, kept as a pristine copy, and restored to ``work``
+    for each test that uses it (same absolute path, so its recorded fingerprints still hold).
+
+    When the package's code changes between tests (someone edits it while the suite runs), the pristine
+    build no longer matches the code, and is made again first."""
+
+    def __init__(self, root: Path, data_source: Path | None, copy_data: bool = True, **settings):
+        self.root = root
+        self.work = root / "project"
+        self.pristine = root / "pristine"
+        self.data_source, self.copy_data, self.settings = data_source, copy_data, settings
+        if data_source is not None and copy_data:
+            shutil.copytree(data_source, root / "inputs-template")
+        self._build()
+
+    def _build(self) -> None:
+        for folder in (self.work, self.pristine):
+            if folder.exists():
+                shutil.rmtree(folder)
+        source = None
+        if self.data_source is not None:
+            source = "inputs" if self.copy_data else self.data_source
+        make_project(self.work, source, **self.settings)
+        if self.data_source is not None and self.copy_data:
+            shutil.copytree(self.root / "inputs-template", self.work / "inputs")
+        self.code = package_digest()
+        self.first = build(self.work)
+        shutil.copytree(self.work, self.pristine, symlinks=True)
+
+    def fresh(self) -> Path:
+        """The project as the first build left it, at ``work``."""
+        if package_digest() != self.code:
+            self._build()
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        shutil.copytree(self.pristine, self.work, symlinks=True)
+        return self.work
+
+
+# --------------------------------------------------------------------------------------------------
+# the pipeline's tasks and their dependencies, read independently of mlops_nb.spec
+
+
+def pipeline_graph(project: Path = REPO) -> dict[str, dict]:
+    """task -> {"upstream": [...], "settings": {dotted keys its params name}}, from pipeline.yaml and the
+    `upstream = [...]` line of each notebook's parameters cell."""
+    import ast
+
+    import yaml
+
+    spec = yaml.safe_load((project / "pipeline.yaml").read_text(encoding="utf-8"))
+    graph = {}
+    for entry in spec["tasks"]:
+        source = project / entry["source"]
+        name = entry.get("name") or source.stem
+        text = source.read_text(encoding="utf-8")
+        m = re.search(r"^upstream\s*=\s*(.*)$", text, flags=re.M)
+        upstream = ast.literal_eval(m.group(1)) if m else None
+        params = yaml.safe_dump(entry.get("params") or {})
+        graph[name] = {"upstream": list(upstream or []),
+                       "settings": set(re.findall(r"\{\{\s*([\w.]+)\s*\}\}", params))}
+    return graph
+
+
+def downstream(graph: dict, *names: str) -> set[str]:
+    """``names`` and every task that depends on them, directly or not."""
+    out = set(names)
+    changed = True
+    while changed:
+        changed = False
+        for task, info in graph.items():
+            if task not in out and out & set(info["upstream"]):
+                out.add(task)
+                changed = True
+    return out
+
+
+def upstream_closure(graph: dict, name: str) -> set[str]:
+    """``name`` and every task it needs, directly or not."""
+    out, todo = set(), [name]
+    while todo:
+        t = todo.pop()
+        if t not in out:
+            out.add(t)
+            todo.extend(graph[t]["upstream"])
+    return out
+
+
+def tasks_using(graph: dict, setting: str) -> set[str]:
+    """Tasks whose parameters name the setting."""
+    return {t for t, info in graph.items() if setting in info["settings"]}

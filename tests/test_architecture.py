@@ -1,0 +1,197 @@
+"""Import rules of the package, checked on its source (AST) and, for the CLI, at runtime."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PACKAGE, REPO, cli_env
+
+HEAVY = {"pandas", "numpy", "duckdb", "ploomber", "ploomber_engine", "papermill", "sklearn", "scipy",
+         "whylogs", "bentoml", "nbconvert", "nbformat", "matplotlib", "pyarrow", "jupytext", "nbdev"}
+
+# nbdev exports these from notebooks/lib; everything else is written by hand
+EXPORTED = {"transforms", "model", "evaluation"}
+GENERATED = EXPORTED | {"_modidx"}
+
+
+def modules() -> dict[str, Path]:
+    """dotted name below mlops_nb ('cli', 'serving.service') -> file, for every module of the package."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        out[".".join(rel.parts)] = path
+    return out
+
+
+def _runs_on_import(node):
+    """The nodes executed when a module is imported: everything but function bodies."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        yield child
+        yield from _runs_on_import(child)
+
+
+def imports(path: Path, top_level_only: bool = False) -> list[tuple[str, int]]:
+    """(absolute module name, line) of every import in a file (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    rel = path.relative_to(PACKAGE).with_suffix("").parts if PACKAGE in path.parents else ()
+    package = ["mlops_nb", *rel[:-1]] if rel else []  # the package a relative import starts from
+    nodes = list(_runs_on_import(tree)) if top_level_only else list(ast.walk(tree))
+    out = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                name = ".".join(base + ([node.module] if node.module else []))
+                if not node.module:  # from . import a, b
+                    out += [(f"{name}.{a.name}", node.lineno) for a in node.names]
+                    continue
+            else:
+                name = node.module or ""
+                if name == "mlops_nb":  # from mlops_nb import a, b
+                    out += [(f"mlops_nb.{a.name}", node.lineno) for a in node.names]
+                    continue
+            out.append((name, node.lineno))
+    return out
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def ours(path: Path) -> set[str]:
+    """The mlops_nb modules a file imports, as names below mlops_nb ('errors', 'serving.schemas')."""
+    return {name.split(".", 1)[1] for name, _ in imports(path) if name.startswith("mlops_nb.")}
+
+
+def importers_of(library: str) -> set[str]:
+    return {m for m, path in modules().items() if any(top(n) == library for n, _ in imports(path))}
+
+
+def test_the_scan_sees_the_package():
+    found = modules()
+    assert {"cli", "config", "errors", "pipeline", "profiles", "spec", "runner"} <= set(found)
+    # the scanner resolves relative and absolute imports
+    assert "errors" in ours(found["config"])
+    assert "ploomber.spec" in {n for n, _ in imports(found["pipeline"])}
+
+
+def test_errors_imports_nothing_of_ours():
+    assert ours(PACKAGE / "errors.py") == set()
+
+
+def test_config_imports_only_errors():
+    assert ours(PACKAGE / "config.py") <= {"errors"}
+    third_party = {top(n) for n, _ in imports(PACKAGE / "config.py")} - set(sys.stdlib_module_names) - {"mlops_nb"}
+    assert third_party == set(), f"config imports {third_party}"
+
+
+def test_only_pipeline_imports_ploomber():
+    assert importers_of("ploomber") | importers_of("ploomber_engine") == {"pipeline"}
+
+
+def test_only_profiles_imports_whylogs():
+    assert importers_of("whylogs") == {"profiles"}
+
+
+def test_bentoml_only_in_registry_and_serving():
+    allowed = {m for m in modules() if m == "registry" or m == "serving" or m.startswith("serving.")}
+    users = importers_of("bentoml") | importers_of("_bentoml_impl") | importers_of("_bentoml_sdk")
+    assert users <= allowed, f"bentoml imported by {sorted(users - allowed)}"
+
+
+def test_package_never_imports_the_notebooks():
+    for name, path in modules().items():
+        bad = [(n, line) for n, line in imports(path) if top(n) == "notebooks"]
+        assert bad == [], f"mlops_nb/{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_task_notebooks_use_the_package():
+    notebooks = sorted((REPO / "notebooks" / "pipeline").glob("*.py"))
+    assert {p.stem for p in notebooks} >= {"ingest", "validate", "features", "train", "evaluate"}
+    for path in notebooks:
+        used = ours(path)
+        assert used, f"{path.name} imports nothing from mlops_nb"
+        assert used <= set(modules()), f"{path.name} imports {used - set(modules())}"
+
+
+def test_cli_imports_nothing_heavy_at_module_level():
+    names = {top(n) for n, _ in imports(PACKAGE / "cli.py", top_level_only=True)}
+    assert names & HEAVY == set()
+    # nor anything of ours that would: whatever cli imports at the top must be light itself
+    for mod in {n.split(".", 1)[1] for n, _ in imports(PACKAGE / "cli.py", top_level_only=True)
+                if n.startswith("mlops_nb.")}:
+        path = PACKAGE / f"{mod.replace('.', '/')}.py"
+        assert {top(n) for n, _ in imports(path, top_level_only=True)} & HEAVY == set(), mod
+
+
+def test_importing_the_cli_loads_nothing_heavy():
+    code = ("import json, sys, mlops_nb.cli\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY)!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def test_imports_of_ours_name_real_modules():
+    """A module's imports of ours name modules that exist (a rename would otherwise surface at runtime)."""
+    names = set(modules())
+    valid = names | {n[: -len(".__init__")] for n in names if n.endswith(".__init__")}
+    for name, path in modules().items():
+        for imported in ours(path):
+            ok = imported in valid or imported.rsplit(".", 1)[0] in valid  # or a name inside one
+            assert ok, f"mlops_nb/{path.relative_to(PACKAGE)} imports mlops_nb.{imported}, which does not exist"
+    for path in sorted((REPO / "notebooks" / "pipeline").glob("*.py")):
+        for imported in ours(path):
+            assert imported in valid or imported.rsplit(".", 1)[0] in valid, f"{path.name}: mlops_nb.{imported}"
+
+
+# --------------------------------------------------------------------------------------------------
+# nbdev: generated modules are marked, hand-written ones are not
+
+
+def header(path: Path, lines: int = 5) -> str:
+    return "".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines])
+
+
+def test_generated_modules_are_exactly_the_nbdev_ones():
+    marked = {m for m, p in modules().items() if re.search("autogenerated", header(p), re.I)}
+    assert marked == GENERATED
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_exported_module_names_its_notebook(name):
+    text = header(PACKAGE / f"{name}.py")
+    assert "# AUTOGENERATED! DO NOT EDIT!" in text
+    m = re.search(r"File to edit: \.\./(notebooks/lib/\S+\.ipynb)", text)
+    assert m, f"{name}.py does not name its notebook"
+    assert (REPO / m.group(1)).is_file()
+
+
+def test_modidx_is_nbdevs_index():
+    text = header(PACKAGE / "_modidx.py")
+    assert text.startswith("# Autogenerated by nbdev")
+    from mlops_nb import _modidx
+
+    assert {k.split(".")[1] for k in _modidx.d["syms"]} == EXPORTED
+
+
+def test_no_hand_written_module_carries_the_generated_header():
+    for name, path in modules().items():
+        if name in GENERATED:
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert "AUTOGENERATED! DO NOT EDIT!" not in text, name
+        assert "# %% ../notebooks/lib/" not in text, name
