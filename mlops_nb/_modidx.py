@@ -14,5 +14,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'mlops_nb.model.build_model': ('model.html#build_model', 'mlops_nb/model.py'),
                                 'mlops_nb.model.fit': ('model.html#fit', 'mlops_nb/model.py'),
                                 'mlops_nb.model.predict_proba': ('model.html#predict_proba', 'mlops_nb/model.py')},
-            'mlops_nb.transforms': { 'mlops_nb.transforms.derive': ('transforms.html#derive', 'mlops_nb/transforms.py'),
+            'mlops_nb.transforms': { 'mlops_nb.transforms._dates': ('transforms.html#_dates', 'mlops_nb/transforms.py'),
+                                     'mlops_nb.transforms.derive': ('transforms.html#derive', 'mlops_nb/transforms.py'),
                                      'mlops_nb.transforms.record_frame': ('transforms.html#record_frame', 'mlops_nb/transforms.py')}}}

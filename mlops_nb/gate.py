@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from .transforms import RECORD
 
@@ -35,7 +36,13 @@ IGNORED = {"flight": 4242, "tailnum": "N00000", "dep_time": 2359, "dep_delay": 3
 
 
 def model_tests(predict, sample: pd.DataFrame) -> list[dict]:
-    """Run the model tests with ``predict(records) -> P(late)``; one dict a test: name, passed, detail."""
+    """Run the model tests with ``predict(records) -> P(late)``; one dict a test: name, passed, detail.
+    Single threaded, as the service runs: parallel regions only slow down one-row predictions."""
+    with threadpool_limits(1):
+        return _model_tests(predict, sample)
+
+
+def _model_tests(predict, sample: pd.DataFrame) -> list[dict]:
     golden = pd.DataFrame(GOLDEN)
     results = []
 

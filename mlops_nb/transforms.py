@@ -50,27 +50,46 @@ def record_frame(rows) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise KeyError(f"flight records need the fields {missing}; got {sorted(df.columns)}")
-    out = pd.DataFrame(index=df.index)
+    n, columns = len(df), {}
     for name, (kind, *_) in RECORD.items():
-        col = df[name] if name in df.columns else pd.Series(np.nan, index=df.index)
-        out[name] = col.astype(object).where(col.notna(), None) if kind == "category" else col.astype("float64")
-    return out
+        if name not in df.columns:
+            columns[name] = np.full(n, None if kind == "category" else np.nan, dtype=object if kind == "category" else np.float64)
+        elif kind == "category":
+            col = df[name].to_numpy(dtype=object)
+            columns[name] = np.where(pd.isna(col), None, col)
+        else:
+            columns[name] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.DataFrame(columns, index=df.index, copy=False)
 
 # %% ../notebooks/lib/00_transforms.ipynb #5445b229
+def _dates(year, month, day):
+    "Calendar dates as datetime64[D]; NaT where the date does not exist (e.g. 30 February) or a part is missing."
+    ok = ~(np.isnan(year) | np.isnan(month) | np.isnan(day))
+    y, m, d = (np.where(ok, v, 1).astype(np.int64) for v in (year, month, day))
+    first = ((y - 1970) * 12 + (m - 1)).astype("datetime64[M]")
+    dates = first.astype("datetime64[D]") + (d - 1)
+    ok &= dates.astype("datetime64[M]") == first
+    return np.where(ok, dates, np.datetime64("NaT"))
+
+
 def derive(df: pd.DataFrame) -> pd.DataFrame:
     "The model's inputs: the record plus calendar and clock features (pure, row by row: no leakage across rows)."
     df = record_frame(df)
-    dep, arr = df["sched_dep_time"], df["sched_arr_time"]
-    dates = pd.to_datetime(dict(year=df["year"], month=df["month"], day=df["day"]), errors="coerce")
-    out = df[CATEGORICAL].copy()
+    col = {name: df[name].to_numpy() for name in RECORD}
+    dep, arr = col["sched_dep_time"], col["sched_arr_time"]
+    dates = _dates(col["year"], col["month"], col["day"])
+    days = dates.astype(np.int64).astype(np.float64)
+    days[np.isnat(dates)] = np.nan
+    jan1 = dates.astype("datetime64[Y]").astype("datetime64[D]")
+    out = {c: col[c] for c in CATEGORICAL}
     for c in ("month", "distance", "plane_seats", "temp", "dewp", "humid", "wind_dir", "wind_speed",
               "wind_gust", "precip", "pressure", "visib"):
-        out[c] = df[c]
+        out[c] = col[c]
     out["dep_hour"] = np.floor(dep / 100)
     out["dep_minute_of_day"] = out["dep_hour"] * 60 + dep % 100
     out["arr_hour"] = np.floor(arr / 100)
-    out["day_of_week"] = dates.dt.dayofweek.astype("float64")
-    out["day_of_year"] = dates.dt.dayofyear.astype("float64")
-    out["plane_age"] = df["year"] - df["plane_year"]
-    out["overnight"] = (arr < dep).astype("float64")
-    return out[CATEGORICAL + NUMERIC]
+    out["day_of_week"] = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
+    out["day_of_year"] = np.where(np.isnat(dates), np.nan, (dates - jan1).astype(np.int64) + 1.0)
+    out["plane_age"] = col["year"] - col["plane_year"]
+    out["overnight"] = np.where(np.isnan(arr) | np.isnan(dep), 0.0, (arr < dep).astype(np.float64))
+    return pd.DataFrame(out, index=df.index, copy=False)[CATEGORICAL + NUMERIC]

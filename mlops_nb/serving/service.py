@@ -25,6 +25,7 @@ from typing import Optional
 import bentoml
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 from .. import config, registry
 from ..errors import MlopsNbError
 from ..model import predict_proba
@@ -114,6 +115,9 @@ if not pinned_path().exists():  # a Bento's models come from the Bento, not the 
 )
 class FlightDelay:
     def __init__(self) -> None:
+        # One request is a row or a few: OpenMP's parallel regions (one a tree in gradient boosting) cost far
+        # more than they save, and under CPU contention a region can stall for milliseconds.
+        threadpool_limits(1)
         self.mode = SETTINGS.serving.mode
         tags = resolve_tags(SETTINGS)
         self.champion = load(tags["champion"])
