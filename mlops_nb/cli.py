@@ -261,7 +261,7 @@ def cmd_serve(args) -> int:
 
     settings = config.load()
     if args.bento is None:
-        build.pinned_tags(settings)  # fail now, in plain words, when there is nothing to serve
+        build.pinned_tags(settings, "to serve")  # fail now, in plain words, when there is nothing to serve
     cmd = build.serve_command(settings, args.port, args.host, args.bento)
     os.chdir(settings.root)
     os.execve(cmd[0], cmd, build.tool_env(settings))

@@ -70,16 +70,24 @@ def _model_tests(predict, sample: pd.DataFrame) -> list[dict]:
     return results
 
 
+def _number(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
 def decide(candidate: dict, champion: dict | None, tests: list[dict], thresholds) -> dict:
     """The gate's decision: promote or not, with every reason."""
     reasons = []
     for t in tests:
         if not t["passed"]:
             reasons.append(f"model test failed: {t['name']} ({t['detail']})")
-    auc, brier = candidate.get("roc_auc"), candidate.get("brier")
-    if auc is None or (isinstance(auc, float) and math.isnan(auc)) or auc < thresholds.min_roc_auc:
+    auc, brier = _number(candidate.get("roc_auc")), _number(candidate.get("brier"))
+    if auc is None:
+        reasons.append("the test ROC AUC is missing (a test split with one class?); gate.min_roc_auc needs it")
+    elif auc < thresholds.min_roc_auc:
         reasons.append(f"test ROC AUC {auc:.4f} is below gate.min_roc_auc {thresholds.min_roc_auc}")
-    if brier is None or brier > thresholds.max_brier:
+    if brier is None:
+        reasons.append("the test Brier score is missing; gate.max_brier needs it")
+    elif brier > thresholds.max_brier:
         reasons.append(f"test Brier score {brier:.4f} is above gate.max_brier {thresholds.max_brier}")
     if champion is not None:
         if auc is not None and auc < champion["roc_auc"] - thresholds.tolerance:

@@ -153,44 +153,54 @@ def resolve(con, name: str) -> str:
 def set_alias(con, alias: str, version: str | None, reason: str, actor: str = "cli") -> str | None:
     """Point ``alias`` at ``version`` (None removes it) and append the audit row, in one transaction.
     Returns the version it pointed at before."""
-    from .runs import now
     from .warehouse import transaction
+
+    with transaction(con):
+        return _set_alias(con, alias, version, reason, actor)
+
+
+def _set_alias(con, alias, version, reason, actor):
+    from .runs import now
 
     if alias not in ALIASES:
         raise RegistryError(f"The 'alias' must be one of {ALIASES}; got {alias!r} instead."
                             f"{did_you_mean(alias, ALIASES)}")
-    with transaction(con):
-        row = con.execute("SELECT version FROM model_aliases WHERE alias = ?", [alias]).fetchone()
-        previous = row[0] if row else None
-        if previous == version:
-            return previous
-        if version is None:
-            con.execute("DELETE FROM model_aliases WHERE alias = ?", [alias])
-        else:
-            con.execute("INSERT OR REPLACE INTO model_aliases VALUES (?, ?, ?)", [alias, version, now()])
-        con.execute("INSERT INTO alias_audit VALUES (nextval('alias_audit_seq'), ?, ?, ?, ?, ?, ?)",
-                    [now(), alias, previous, version, reason, actor])
+    row = con.execute("SELECT version FROM model_aliases WHERE alias = ?", [alias]).fetchone()
+    previous = row[0] if row else None
+    if previous == version:
+        return previous
+    if version is None:
+        con.execute("DELETE FROM model_aliases WHERE alias = ?", [alias])
+    else:
+        con.execute("INSERT OR REPLACE INTO model_aliases VALUES (?, ?, ?)", [alias, version, now()])
+    con.execute("INSERT INTO alias_audit VALUES (nextval('alias_audit_seq'), ?, ?, ?, ?, ?, ?)",
+                [now(), alias, previous, version, reason, actor])
     return previous
 
 
 def promote(con, version: str, alias: str = "champion", reason: str = "promoted by hand",
             actor: str = "cli") -> str | None:
     """Make ``version`` the champion (or challenger). Promoting the challenger to champion ends a rollout:
-    the challenger alias is removed."""
+    the challenger alias is removed in the same transaction."""
+    from .warehouse import transaction
+
     version = resolve(con, version)
-    previous = set_alias(con, alias, version, reason, actor)
-    if alias == "champion" and aliases(con).get("challenger") == version:
-        set_alias(con, "challenger", None, f"rollout finished: {version} is the champion", actor)
+    with transaction(con):
+        previous = _set_alias(con, alias, version, reason, actor)
+        if alias == "champion" and aliases(con).get("challenger") == version:
+            _set_alias(con, "challenger", None, f"rollout finished: {version} is the champion", actor)
     return previous
 
 
 def rollback(con, alias: str = "champion", actor: str = "cli") -> tuple[str, str]:
-    """Point ``alias`` back at the version it had before its last change. Returns (from, to)."""
+    """Point ``alias`` back at the version it had before the current one was promoted; rolling back again
+    walks further back."""
     current = aliases(con).get(alias)
     row = con.execute("SELECT from_version FROM alias_audit WHERE alias = ? AND to_version IS NOT DISTINCT FROM ? "
-                      "ORDER BY seq DESC LIMIT 1", [alias, current]).fetchone()
+                      "AND reason NOT LIKE 'rollback%' ORDER BY seq DESC LIMIT 1", [alias, current]).fetchone()
     if current is None or row is None or row[0] is None:
-        raise RegistryError(f"Nothing to roll back: the {alias} has no earlier version in the audit log.")
+        raise RegistryError(f"Nothing to roll back: the {alias} ({current or 'none'}) has no earlier version "
+                            "in the audit log.")
     set_alias(con, alias, row[0], f"rollback from {current}", actor)
     return current, row[0]
 

@@ -41,12 +41,12 @@ def serve_command(settings: config.Settings, port: int, host: str = "127.0.0.1",
     return [bentoml_cli(), "serve", bento or SERVICE, "--host", host, "--port", str(port)]
 
 
-def pinned_tags(settings: config.Settings) -> dict[str, str]:
+def pinned_tags(settings: config.Settings, purpose: str = "to build a Bento of") -> dict[str, str]:
     with warehouse.connect(settings=settings) as con:
         current = registry.aliases(con)
         if "champion" not in current:
-            raise registry.RegistryError("No champion to build a Bento of: run the pipeline first "
-                                         "(`mlops-nb run`).")
+            raise registry.RegistryError(f"No champion {purpose}: run the pipeline first (`mlops-nb run`), "
+                                         "or promote a version (`mlops-nb models promote VERSION`).")
         return {alias: registry.show(con, version)["tag"] for alias, version in current.items()}
 
 

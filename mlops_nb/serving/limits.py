@@ -4,49 +4,42 @@ from __future__ import annotations
 import json
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
+    """Bodies with a Content-Length over the limit are refused unread; bodies without one (chunked) are
+    read up to the limit first, then handed on (the app never sees a refused body)."""
+
     def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
+        length = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.max_bytes
+                    length = int(value)
                 except ValueError:
-                    too_big = False
-                if too_big:
-                    return await self._refuse(send)
-        received = 0
-        started = False
-
-        async def counting_receive():
-            nonlocal received
+                    length = None
+        if length is not None:
+            if length > self.max_bytes:
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge()
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._refuse(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}],
+                                             receive), send)
 
     async def _refuse(self, send):
         body = json.dumps({"error": f"request body over {self.max_bytes:,} bytes; send fewer rows a request "
@@ -55,3 +48,16 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages, then=None):
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive

@@ -16,7 +16,7 @@ CODE = r"^[A-Za-z0-9]{1,8}$"
 INTEGER_FIELDS = {"year", "month", "day", "sched_dep_time", "sched_arr_time"}
 
 
-def _field(name: str, kind: str, lo, hi, doc: str, *, as_list: bool):
+def _field(name: str, kind: str, lo, hi, doc: str, *, as_list: bool, max_rows: int | None = None):
     if kind == "category":
         base = Annotated[str, Field(pattern=CODE, description=doc)]
     elif name in INTEGER_FIELDS:
@@ -26,8 +26,8 @@ def _field(name: str, kind: str, lo, hi, doc: str, *, as_list: bool):
     required = name in REQUIRED
     if as_list:
         item = base if required else Optional[base]
-        return (list[item], Field(..., min_length=1, description=doc) if required
-                else Field(None, min_length=1, description=doc))
+        return (list[item], Field(..., min_length=1, max_length=max_rows, description=doc) if required
+                else Field(None, min_length=1, max_length=max_rows, description=doc))
     return (base, ...) if required else (Optional[base], None)
 
 
@@ -49,12 +49,15 @@ class _Columns(BaseModel):
         return next(len(v) for _, v in self if v is not None)
 
 
-FlightColumns = create_model(
-    "FlightColumns", __base__=_Columns,
-    **{name: _field(name, *spec, as_list=True) for name, spec in RECORD.items()})
-FlightColumns.model_config["extra"] = "forbid"
-FlightColumns.model_rebuild(force=True)
-FlightColumns.__doc__ = "Many flights as columns: each field a list, all of one length."
+def columns_model(max_rows: int):
+    """Many flights as columns: each field a list, all of one length, at most ``max_rows`` long."""
+    model = create_model(
+        "FlightColumns", __base__=_Columns,
+        **{name: _field(name, *spec, as_list=True, max_rows=max_rows) for name, spec in RECORD.items()})
+    model.model_config["extra"] = "forbid"
+    model.model_rebuild(force=True)
+    model.__doc__ = columns_model.__doc__.replace("``max_rows``", str(max_rows))
+    return model
 
 
 KEY_DOC = "routing key of a canary rollout: the same key always gets the same arm (default: random)"
@@ -68,7 +71,7 @@ def request_models(max_rows: int):
         key=(Optional[str], Field(None, max_length=200, description=KEY_DOC)))
     columns = create_model(
         "PredictBatchRequest", __config__=ConfigDict(extra="forbid"),
-        columns=(FlightColumns, ...),
+        columns=(columns_model(max_rows), ...),
         key=(Optional[str], Field(None, max_length=200, description=KEY_DOC)))
     return flights, columns
 
@@ -85,4 +88,4 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
     mode: str
     champion: dict
-    challenger: Optional[dict] = None
+    challenger: dict = Field(default_factory=dict, description="the challenger in a rollout; empty otherwise")

@@ -83,8 +83,7 @@ def resolve_tags(settings: config.Settings) -> dict[str, str]:
             current = registry.aliases(con)
             tags = {alias: registry.show(con, version)["tag"] for alias, version in current.items()}
     except MlopsNbError as e:
-        raise ServingError(f"Nothing to serve: {e} Run the pipeline first (`mlops-nb run`) so that a "
-                           "model is trained and promoted.") from None
+        raise ServingError(f"Nothing to serve: {e}") from None
     if "champion" not in tags:
         raise ServingError("Nothing to serve: the registry has no champion. Run the pipeline first "
                            "(`mlops-nb run`), or promote a version (`mlops-nb models promote VERSION`).")
@@ -167,9 +166,6 @@ class FlightDelay:
         """P(late) for many flights sent as columns (faster to parse than records)."""
         columns = request.columns
         n = columns.n_rows()
-        if n > MAX_ROWS:
-            raise bentoml.exceptions.InvalidArgument(
-                f"columns carry {n} rows; at most serving.max_rows = {MAX_ROWS} are allowed per request")
         frame = pd.DataFrame({name: values if values is not None else [None] * n for name, values in columns})
         return self.answer(frame, request.key)
 
@@ -177,7 +173,7 @@ class FlightDelay:
     async def model(self) -> ModelInfo:
         """The served model(s): version, lineage, metrics, and the rollout mode."""
         return ModelInfo(mode=self.mode, champion=self.champion.describe(),
-                         challenger=self.challenger.describe() if self.challenger else None)
+                         challenger=self.challenger.describe() if self.challenger else {})
 
 
 FlightDelay.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
