@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,21 @@ def arm_for(key: str, share: float) -> str:
     bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     return "challenger" if bucket < share else "champion"
 
+
+class _RefusalsInOneLine(logging.Filter):
+    """BentoML logs every refused request (HTTP 400) as an error with a traceback; it is the client's
+    mistake: one line at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError":
+            record.msg = f"{record.getMessage()}: refused, {exc.error_count()} validation error(s)"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_RefusalsInOneLine())
 
 if not pinned_path().exists():  # a Bento's models come from the Bento, not the project's store
     config.export_tool_env(SETTINGS)
