@@ -75,10 +75,6 @@ def load_plain_dag(spec_path: Path, env: dict | None = None):
         raise PipelineError(f"Cannot load the Ploomber spec {spec_path}: {_first_line(e)}") from None
 
 
-def task_names(dag) -> list[str]:
-    return list(dag)
-
-
 def execute(dag, force: bool = False, target: str | None = None, progress=None) -> BuildResult:
     """Build the DAG (or ``target`` and what it needs); never raises for a failing task, reports it.
     ``progress(name, event, seconds)`` is told when each task starts ('start') and ends ('ran', 'failed')."""

@@ -30,14 +30,6 @@ def read(path: Path):
     return DatasetProfileView.read(str(path))
 
 
-def summary(view):
-    """One row a column: counts, nulls, min/max/mean, as a pandas frame for reports."""
-    df = view.to_pandas()
-    keep = [c for c in ("counts/n", "counts/null", "distribution/min", "distribution/max",
-                        "distribution/mean", "cardinality/est", "types/string") if c in df.columns]
-    return df[keep]
-
-
 def check_contract(view, table: Table, categories: dict[str, set]) -> list[dict]:
     """Evaluate the contract's rules as whylogs constraints on a profile.
 
