@@ -116,6 +116,18 @@ def ingest(con, settings: config.Settings | None = None) -> Snapshot:
     existing = get_snapshot(con, snap_id)
     if existing:
         return existing
+    try:
+        return _load(con, settings, sources, hashes, snap_id, full_scan=set())
+    except _SampleMissed as e:  # a value past DuckDB's type sample: read the table again, typed from all rows
+        return _load(con, settings, sources, hashes, snap_id, full_scan={e.table})
+
+
+class _SampleMissed(Exception):
+    def __init__(self, table):
+        self.table = table
+
+
+def _load(con, settings, sources, hashes, snap_id, full_scan: set) -> Snapshot:
     schema = schema_name(snap_id)
     months = ",".join(str(m) for m in settings.data.months)
     counts = {}
@@ -123,7 +135,7 @@ def ingest(con, settings: config.Settings | None = None) -> Snapshot:
     with tempfile.TemporaryDirectory(prefix="mlops-nb-ingest-") as tmp, transaction(con):
         con.execute(f'CREATE SCHEMA "{schema}"')
         for name, path in sources.items():
-            reader = _reader(name, path, Path(tmp))
+            reader = _reader(name, path, Path(tmp), full_scan=name in full_scan)
             columns = _describe(con, name, path, reader)
             where = ""
             if name in FILTER_COLUMNS:
@@ -141,6 +153,8 @@ def ingest(con, settings: config.Settings | None = None) -> Snapshot:
             try:
                 con.execute(f'CREATE TABLE "{schema}"."{name}" AS SELECT * FROM {reader}{where}')
             except Exception as e:  # duckdb conversion errors: name the file, keep duckdb's first line
+                if name not in full_scan and ".csv" in path.name:
+                    raise _SampleMissed(name) from None
                 raise DataError(f"Cannot load {name} from {path}: {str(e).splitlines()[0]}") from None
             counts[name] = con.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0]
         con.execute(
@@ -153,8 +167,11 @@ def ingest(con, settings: config.Settings | None = None) -> Snapshot:
     return Snapshot(snap_id, schema, counts, added=True)
 
 
-def _reader(name: str, path: Path, tmp: Path) -> str:
-    """A DuckDB table function reading the file (zip members are extracted first: DuckDB can't read zip)."""
+def _reader(name: str, path: Path, tmp: Path, full_scan: bool = False) -> str:
+    """A DuckDB table function reading the file (zip members are extracted first: DuckDB can't read zip).
+    CSV column types come from a sample of rows unless ``full_scan`` (twice the reading time): a bad value
+    past the sample makes the load fail, and ingest reads that table again with a full scan, so that the
+    column arrives as text and validation counts the bad rows."""
     fname = path.name
     if fname.endswith(".parquet"):
         return f"read_parquet('{_sql_str(path)}')"
@@ -165,7 +182,8 @@ def _reader(name: str, path: Path, tmp: Path) -> str:
                 raise DataError(f"The {name} archive {path} must hold exactly one .csv file; "
                                 f"found {members or 'none'}.")
             path = Path(z.extract(members[0], tmp))
-    return (f"read_csv('{_sql_str(path)}', header = true, nullstr = ['NA', ''], sample_size = -1, "
+    sample = -1 if full_scan else 20480
+    return (f"read_csv('{_sql_str(path)}', header = true, nullstr = ['NA', ''], sample_size = {sample}, "
             "auto_detect = true)")
 
 

@@ -17,6 +17,17 @@ from pathlib import Path
 from .errors import MlopsNbError, NotFoundError, PipelineError, did_you_mean
 
 
+def _import_ploomber():
+    """Import Ploomber without the 1.1 s that jsonschema spends compiling rfc3987_syntax's grammar, an
+    optional dependency (IRI format checks) that nothing here uses; jsonschema skips it when absent."""
+    import sys
+
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)
+    import ploomber.executors  # noqa: F401
+    import ploomber.spec  # noqa: F401
+
+
 @dataclass
 class TaskResult:
     name: str
@@ -39,6 +50,7 @@ class BuildResult:
 def build_dag(plan, executor: str = "engine", task_timeout: int = 3600):
     """A Ploomber DAG for an mlops-nb plan: our hashes passed as parameters so Ploomber sees data and code
     changes too, notebooks in-process (ploomber-engine) or in kernels (papermill)."""
+    _import_ploomber()
     from ploomber.spec import DAGSpec
 
     tasks = []
@@ -66,6 +78,7 @@ def build_dag(plan, executor: str = "engine", task_timeout: int = 3600):
 
 def load_plain_dag(spec_path: Path, env: dict | None = None):
     """A plain Ploomber project's own pipeline.yaml, loaded as Ploomber would (its env.yaml included)."""
+    _import_ploomber()
     from ploomber.spec import DAGSpec
 
     try:

@@ -85,30 +85,33 @@ class Recorder:
                 self._write_profile()
                 self._profile = None
             self._window_start = start
-            frames = []
-            lines = []
-            for at, request_id, version, arm, frame, p in part:
-                f = frame.copy()
-                f["p_late"] = p
-                f["arm"] = arm
-                frames.append(f)
-                stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
-                for i, row in enumerate(frame.astype(object).where(frame.notna(), None).to_dict(orient="records")):
-                    lines.append({"request_id": request_id, "row": i, "at": stamp, "model_version": version,
-                                  "arm": arm, "inputs": row, "p_late": float(p[i])})
-            rows = pd.concat(frames, ignore_index=True)
+            inputs = pd.concat([b[4] for b in part], ignore_index=True)
+            sizes = [len(b[4]) for b in part]
+            p_late = np.concatenate([b[5] for b in part])
+            arms = np.repeat([b[3] for b in part], sizes)
+            shadow = None
             if self.shadow is not None:
-                version, predict = self.shadow
-                shadow_p = predict(rows.drop(columns=["p_late", "arm"]))
-                for line, sp in zip(lines, shadow_p):
-                    line["shadow"] = {"arm": "challenger", "model_version": version, "p_late": float(sp)}
-            self._profile = profiles.merge(self._profile, profiles.profile(rows))
+                shadow_version, predict = self.shadow
+                shadow = predict(inputs)
+            self._profile = profiles.merge(self._profile, profiles.profile(inputs.assign(p_late=p_late, arm=arms)))
             if time.monotonic() - self._written_at > WRITE_SECONDS:
                 self._write_profile()
+            # one vectorised JSON encoding of all inputs (NaN -> null), then a line a row
+            encoded = inputs.to_json(orient="records", lines=True, double_precision=15).splitlines()
+            lines, i = [], 0
+            for (at, request_id, version, arm, _, p), n in zip(part, sizes):
+                stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+                head = json.dumps({"request_id": request_id, "at": stamp, "model_version": version, "arm": arm})[:-1]
+                for row in range(n):
+                    tail = f', "row": {row}, "inputs": {encoded[i]}, "p_late": {float(p[row])!r}'
+                    if shadow is not None:
+                        tail += (f', "shadow": {{"arm": "challenger", "model_version": "{shadow_version}", '
+                                 f'"p_late": {float(shadow[i])!r}}}')
+                    lines.append(head + tail + "}\n")
+                    i += 1
             with open(self._path("predictions", ".jsonl"), "a", encoding="utf-8") as f:
-                for line in lines:
-                    f.write(json.dumps(line, default=_json_default) + "\n")
-            self.rows_logged += len(rows)
+                f.writelines(lines)
+            self.rows_logged += len(inputs)
 
     def _window_of(self, at: float) -> float:
         return at - (at % self.window_seconds)
@@ -125,11 +128,3 @@ class Recorder:
         profiles.write(self._profile, tmp)
         os.replace(tmp, path)
         self._written_at = time.monotonic()
-
-
-def _json_default(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return None
-    return str(v)
