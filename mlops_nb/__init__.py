@@ -12,6 +12,7 @@ Modules:
 - `mlops_nb.registry`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
 - `mlops_nb.runner`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does.
 - `mlops_nb.serving.build`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
+- `mlops_nb.serving.profiler`: The profiler process of the service: whylogs runs here, never holding the server's GIL.
 - `mlops_nb.serving.recorder`: Request profiling and the prediction log, off the hot path.
 - `mlops_nb.serving.schemas`: Request and response schemas, built from the model's flight record (``transforms.RECORD``).
 - `mlops_nb.serving.service`: The BentoML service: the champion (and, in a rollout, the challenger) behind typed HTTP endpoints.

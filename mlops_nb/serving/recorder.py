@@ -1,17 +1,21 @@
 """Request profiling and the prediction log, off the hot path.
 
-A request only appends its rows to a queue (microseconds). A background thread drains the queue in bulk,
-profiles the rows with whylogs into one rolling profile per worker and time window, scores them with the
-shadow model when there is one, and appends the prediction log (request id, time, model version, arm,
-inputs, output) as JSON lines. Each window's profile is rewritten as it grows and is final when the window
-ends or the worker shuts down: ``<serving_dir>/profiles/<window start>-<worker>.bin`` and
-``<serving_dir>/predictions/<window start>-<worker>.jsonl``.
+A request only appends its rows to a queue (microseconds). A thread drains the queue every 2 s: it
+scores the rows with the shadow model when there is one, appends the prediction log (request id, time,
+model version, arm, inputs, output) as JSON lines, and hands the rows to a profiler process. whylogs runs
+there, not in the serving process, so its work never holds the server's GIL: one rolling profile a worker
+and time window, rewritten as it grows and final when the window ends or the worker shuts down.
+
+    <serving_dir>/profiles/<window start>-<worker>.bin
+    <serving_dir>/predictions/<window start>-<worker>.jsonl
 """
 from __future__ import annotations
 
 import json
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -20,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import profiles
+from .profiler import send, window_path
 
-DRAIN_SECONDS = 2.0       # how often queued rows are profiled and logged
-WRITE_SECONDS = 60.0      # how often the growing window profile (~0.5 MB) is rewritten
+DRAIN_SECONDS = 2.0       # how often queued rows are logged and handed to the profiler
 
 
 class Recorder:
@@ -35,15 +38,18 @@ class Recorder:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlops-nb-recorder", daemon=True)
-        self._window_start: float | None = None
-        self._profile = None
-        self._written_at = 0.0
+        self._process: subprocess.Popen | None = None
         self.rows_logged = 0
         self.errors = 0
 
     def start(self) -> "Recorder":
         (self.dir / "profiles").mkdir(parents=True, exist_ok=True)
         (self.dir / "predictions").mkdir(parents=True, exist_ok=True)
+        package_root = str(Path(__file__).resolve().parents[2])  # importable from a Bento's source too
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
+                                                                         os.environ.get("PYTHONPATH")]))}
+        self._process = subprocess.Popen([sys.executable, "-m", "mlops_nb.serving.profiler", str(self.dir),
+                                          self.worker], stdin=subprocess.PIPE, env=env)
         self._thread.start()
         return self
 
@@ -52,16 +58,22 @@ class Recorder:
         self._queue.put((time.time(), request_id, version, arm, frame, p))
 
     def close(self, timeout: float = 30.0) -> None:
+        """Log what is queued, then let the profiler write its last profile and exit."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._process is not None and self._process.poll() is None:
+            self._process.stdin.close()
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._stop.wait(DRAIN_SECONDS)
             self._drain()
         self._drain()
-        self._write_profile()
 
     def _drain(self) -> None:
         batch = []
@@ -81,10 +93,6 @@ class Recorder:
     def _log(self, batch) -> None:
         for start in sorted({self._window_of(b[0]) for b in batch}):
             part = [b for b in batch if self._window_of(b[0]) == start]
-            if self._window_start is not None and start != self._window_start:
-                self._write_profile()
-                self._profile = None
-            self._window_start = start
             inputs = pd.concat([b[4] for b in part], ignore_index=True)
             sizes = [len(b[4]) for b in part]
             p_late = np.concatenate([b[5] for b in part])
@@ -93,9 +101,6 @@ class Recorder:
             if self.shadow is not None:
                 shadow_version, predict = self.shadow
                 shadow = predict(inputs)
-            self._profile = profiles.merge(self._profile, profiles.profile(inputs.assign(p_late=p_late, arm=arms)))
-            if time.monotonic() - self._written_at > WRITE_SECONDS:
-                self._write_profile()
             # one vectorised JSON encoding of all inputs (NaN -> null), then a line a row
             encoded = inputs.to_json(orient="records", lines=True, double_precision=15).splitlines()
             lines, i = [], 0
@@ -109,22 +114,11 @@ class Recorder:
                                  f'"p_late": {float(shadow[i])!r}}}')
                     lines.append(head + tail + "}\n")
                     i += 1
-            with open(self._path("predictions", ".jsonl"), "a", encoding="utf-8") as f:
+            path = window_path(self.dir, "predictions", start, self.worker, ".jsonl")
+            with open(path, "a", encoding="utf-8") as f:
                 f.writelines(lines)
             self.rows_logged += len(inputs)
+            send(self._process.stdin, (start, inputs.assign(p_late=p_late, arm=arms)))
 
     def _window_of(self, at: float) -> float:
         return at - (at % self.window_seconds)
-
-    def _path(self, kind: str, suffix: str) -> Path:
-        stamp = datetime.fromtimestamp(self._window_start, timezone.utc).strftime("%Y%m%dT%H%M")
-        return self.dir / kind / f"{stamp}-{self.worker}{suffix}"
-
-    def _write_profile(self) -> None:
-        if self._profile is None or self._window_start is None:
-            return
-        path = self._path("profiles", ".bin")
-        tmp = path.with_name("." + path.name + ".tmp")
-        profiles.write(self._profile, tmp)
-        os.replace(tmp, path)
-        self._written_at = time.monotonic()
