@@ -26,7 +26,8 @@ import pandas as pd
 
 from .profiler import send, window_path
 
-DRAIN_SECONDS = 2.0       # how often queued rows are logged and handed to the profiler
+DRAIN_SECONDS = 2.0       # how often queued rows are written to the prediction log
+PROFILE_SECONDS = 10.0    # how often they go to the profiler (whylogs has a cost a call, whatever the rows)
 
 
 class Recorder:
@@ -39,6 +40,8 @@ class Recorder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlops-nb-recorder", daemon=True)
         self._process: subprocess.Popen | None = None
+        self._pending: dict[float, list[pd.DataFrame]] = {}  # window start -> rows not yet profiled
+        self._sent_at = time.monotonic()
         self.rows_logged = 0
         self.errors = 0
 
@@ -73,7 +76,19 @@ class Recorder:
         while not self._stop.is_set():
             self._stop.wait(DRAIN_SECONDS)
             self._drain()
+            if time.monotonic() - self._sent_at >= PROFILE_SECONDS:
+                self._to_profiler()
         self._drain()
+        self._to_profiler()
+
+    def _to_profiler(self) -> None:
+        pending, self._pending, self._sent_at = self._pending, {}, time.monotonic()
+        try:
+            for start in sorted(pending):
+                send(self._process.stdin, (start, pd.concat(pending[start], ignore_index=True)))
+        except (OSError, ValueError) as e:  # the profiler is gone: keep serving and logging
+            self.errors += 1
+            print(f"mlops-nb recorder: the profiler stopped ({e!r}); request profiles are incomplete", flush=True)
 
     def _drain(self) -> None:
         batch = []
@@ -118,7 +133,7 @@ class Recorder:
             with open(path, "a", encoding="utf-8") as f:
                 f.writelines(lines)
             self.rows_logged += len(inputs)
-            send(self._process.stdin, (start, inputs.assign(p_late=p_late, arm=arms)))
+            self._pending.setdefault(start, []).append(inputs.assign(p_late=p_late, arm=arms))
 
     def _window_of(self, at: float) -> float:
         return at - (at % self.window_seconds)
