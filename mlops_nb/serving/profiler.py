@@ -48,6 +48,7 @@ def main(folder: str, worker: str) -> int:
     # the server's last rows, which it sends when it stops.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(10)  # background work: when the CPUs are busy, requests go first
 
     profile, window, written = None, None, 0.0
 
