@@ -54,11 +54,9 @@ PROJECT_FILES = ("settings.ini", "pipeline.yaml", "bentofile.yaml", "requirement
 
 def clean_env(extra: dict | None = None) -> dict:
     """Our environment without MLOPS_NB_* and BENTOML_HOME (a project then uses its own store)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_NB_") and k != "BENTOML_HOME"}
-    env.update(PLOOMBER_STATS_ENABLED="false", WHYLOGS_NO_ANALYTICS="1", BENTOML_DO_NOT_TRACK="true",
-               PLOOMBER_VERSION_CHECK_DISABLED="true", PYTHONDONTWRITEBYTECODE="1")
-    env.update({k: str(v) for k, v in (extra or {}).items()})
-    return env
+    from conftest import cli_env
+
+    return cli_env({k: str(v) for k, v in (extra or {}).items()})
 
 
 @dataclass
