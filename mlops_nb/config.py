@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -172,7 +173,6 @@ def _check_across_keys(values: dict) -> None:
     if not 0 <= values["serving"]["canary_share"] <= 1:
         raise SettingsError("The 'serving.canary_share' setting must be a float in [0, 1]; "
                             f"got {values['serving']['canary_share']!r} instead.")
-    import re
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", values["registry"]["model_name"]):
         raise SettingsError("The 'registry.model_name' setting must be lowercase letters, digits, '_', '-' or "
                             f"'.'; got {values['registry']['model_name']!r} instead.")

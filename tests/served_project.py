@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+import conftest
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PYTHON = Path(sys.executable)
@@ -54,18 +56,11 @@ PROJECT_FILES = ("settings.ini", "pipeline.yaml", "bentofile.yaml", "requirement
 
 def clean_env(extra: dict | None = None) -> dict:
     """Our environment without MLOPS_NB_* and BENTOML_HOME (a project then uses its own store)."""
-    from conftest import cli_env
-
-    return cli_env({k: str(v) for k, v in (extra or {}).items()})
+    return conftest.cli_env({k: str(v) for k, v in (extra or {}).items()})
 
 
-@dataclass
-class Result:
-    args: list
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
+class Result(conftest.Result):
+    """A finished command (any command, not only mlops-nb), with its JSON output at hand."""
 
     def __str__(self):
         return (f"$ {' '.join(map(str, self.args))}\nexit {self.returncode} after {self.seconds:.1f} s\n"
