@@ -58,10 +58,10 @@ def run_lock(settings: config.Settings) -> Iterator[None]:
 
 
 def run(settings: config.Settings, force: bool = False, target: str | None = None,
-        progress=None, file_hasher=None) -> Outcome:
+        progress=None) -> Outcome:
     record = runs.RunRecord(runs.new_run_id(), runs.now(), params=settings.as_dict())
     with run_lock(settings):
-        plan = spec.load_plan(settings, file_hasher=file_hasher)
+        plan = spec.load_plan(settings)
         if target is not None and target not in plan.tasks:
             from .errors import NotFoundError, did_you_mean
             raise NotFoundError(f"No task named {target!r}; the tasks are {plan.order()}."

@@ -160,7 +160,7 @@ def code_hash(notebook_text: str) -> str:
     return h.hexdigest()
 
 
-def load_plan(settings: config.Settings, spec_path: Path | None = None, file_hasher=None) -> Plan:
+def load_plan(settings: config.Settings, spec_path: Path | None = None) -> Plan:
     """The rendered spec of an mlops-nb project with every task's fingerprint."""
     from . import ingest
 
@@ -203,7 +203,7 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, file_has
             file_settings = settings.replace({f"data.{k}": task.params[k]
                                               for k in ("source", "flights", "weather", "months")
                                               if k in task.params})
-            hashes = {n: (file_hasher or ingest.file_sha256)(p)
+            hashes = {n: ingest.file_sha256(p)
                       for n, p in sorted(ingest.resolve_sources(file_settings).items())}
             task.source_hash = ingest.snapshot_id(file_settings, hashes)
         payload = {
