@@ -303,5 +303,24 @@ def cmd_lab(args) -> int:
     return subprocess.call(lab_command(args.port, args.ip, args.extra))
 
 
+def entry() -> None:
+    """The console script. After a command that loaded the data stack (pandas, scikit-learn, Ploomber: some
+    3,800 modules), tearing the interpreter down costs about a second; the exit handlers still run, then
+    the process ends without the teardown. ``main`` itself returns normally, for callers in-process."""
+    code = main()
+    if "pandas" in sys.modules:
+        import atexit
+        import os
+
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: `mlops-nb runs | head`
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

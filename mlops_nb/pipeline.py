@@ -108,7 +108,7 @@ def execute(dag, force: bool = False, target: str | None = None, progress=None) 
             dag.pop(name)
         names = [n for n in names if n in keep]
     failure = None
-    with _quiet(everything=False):
+    with _quiet(everything=False), _released_shells():
         try:
             dag.build(force=force, show_progress=False)
         except Exception as e:  # Ploomber's DAGBuildError, DAGRenderError, ...
@@ -119,6 +119,37 @@ def execute(dag, force: bool = False, target: str | None = None, progress=None) 
         return BuildResult(results)
     failed = next((n for n in names if n in errors), None)
     return BuildResult(results, error=_explain(failed, errors.get(failed), failure, dag), failed_task=failed)
+
+
+@contextlib.contextmanager
+def _released_shells():
+    """ploomber-engine runs each notebook in a new IPython shell, and IPython registers an atexit hook per
+    shell: every shell (its output cache, its history) lived until exit, which then paid a full
+    gc.collect per shell (1.3 s for six). Each shell is let go when the build ends instead."""
+    import atexit
+
+    from ploomber_engine.ipython import PloomberShell
+
+    shells = []
+    original = PloomberShell.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        shells.append(self)
+
+    PloomberShell.__init__ = init
+    try:
+        yield
+    finally:
+        PloomberShell.__init__ = original
+        for shell in shells:
+            atexit.unregister(shell.atexit_operations)
+            shell.user_ns.clear()
+            if shell.history_manager is not None:
+                shell.history_manager.output_hist.clear()
+                shell.history_manager.end_session()
+                shell.history_manager.close()
+                shell.history_manager = None
 
 
 def _upstream_closure(dag, target: str) -> set[str]:

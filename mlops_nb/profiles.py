@@ -12,12 +12,84 @@ from .contracts import Table
 
 
 PARALLEL_ROWS = 100_000  # from this size, two processes profile half the rows each, then merge
+_whylogs_split = None  # whylogs' own PreprocessedColumn._pandas_split, once replaced
+
+
+def _whylogs():
+    """whylogs, with its pandas preprocessing vectorised (``_split_fast``) for the column types we log."""
+    global _whylogs_split
+    import whylogs
+
+    if _whylogs_split is None:
+        from whylogs.core.preprocessing import PreprocessedColumn
+
+        _whylogs_split = original = PreprocessedColumn._pandas_split
+
+        def split(self, series, parse_numeric_string: bool = False) -> None:
+            if not _split_fast(self, series, parse_numeric_string):
+                original(self, series, parse_numeric_string)
+
+        PreprocessedColumn._pandas_split = split
+    return whylogs
+
+
+def _split_fast(column, series, parse_numeric_string: bool) -> bool:
+    """What whylogs 1.x's ``PreprocessedColumn._pandas_split`` computes, without its Python call per value
+    (an ``np.isinf`` lambda on every float, six type-test lambdas on every string or timestamp): 3-10x
+    faster on our frames. Float, integer (nullable too), datetime columns and object columns holding
+    only strings; anything else returns False and goes to whylogs' own code. tests/test_profiles.py
+    checks that both give whylogs the same values."""
+    import numpy as np
+    import pandas as pd
+    from pandas.api.types import infer_dtype, is_datetime64_any_dtype, is_number
+    from whylogs.core.preprocessing import NumpyView
+
+    dtype = series.dtype
+    kind = getattr(dtype, "kind", "")
+    if kind == "f" and isinstance(dtype, np.dtype):
+        values = series.to_numpy()
+        null = np.isnan(values)
+        column.null_count = column.nan_count = int(null.sum())
+        floats = values[~null].astype(float)
+        column.inf_count = int(np.isinf(floats).sum())
+        column.numpy.floats = floats
+        return True
+    if kind in ("i", "u"):  # nullable integers included
+        null = series.isna().to_numpy()
+        column.null_count = int(null.sum())
+        column.nan_count = _numbers(series[null], is_number)
+        column.numpy.ints = series[~null].astype(int).to_numpy()
+        return True
+    is_strings = kind == "O" and isinstance(dtype, np.dtype)  # pandas' "string" dtype: whylogs is fast there
+    if parse_numeric_string or not (is_strings or is_datetime64_any_dtype(dtype)):
+        return False
+    null = series.isna().to_numpy()
+    values = series[~null]
+    if values.empty:
+        return False
+    if is_strings and infer_dtype(values, skipna=False) != "string":
+        return False
+    nulls = series[null]
+    column.null_count = len(nulls)
+    column.nan_count = _numbers(nulls, is_number)
+    none = values.iloc[:0]
+    column.numpy = NumpyView(floats=none.to_numpy(), ints=pd.Series(dtype=int).to_numpy())
+    column.pandas.strings = values if is_strings else none
+    column.pandas.tensors = pd.Series([], dtype="object")
+    column.pandas.objs = none if is_strings else values
+    column.bool_count = column.bool_count_where_true = 0
+    return True
+
+
+def _numbers(nulls, is_number) -> int:
+    """How many nulls whylogs counts as NaN (its own test, on the nulls only)."""
+    return int(nulls.apply(is_number).sum()) if len(nulls) else 0
 
 
 def profile(df):
     """A whylogs profile view of a pandas frame (large frames on two cores: profiles merge exactly as
     sketches do, and whylogs holds the GIL)."""
-    import whylogs as why
+    why = _whylogs()
 
     if len(df) < PARALLEL_ROWS or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
         return why.log(pandas=df).view()
@@ -25,7 +97,7 @@ def profile(df):
 
 
 def _profile_in_two(df):
-    import whylogs as why
+    why = _whylogs()
     from whylogs.core import DatasetProfileView
 
     half = len(df) // 2
