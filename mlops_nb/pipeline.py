@@ -7,6 +7,7 @@ functions (``import ploomber`` takes seconds).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import re
 import time
@@ -108,6 +109,9 @@ def execute(dag, force: bool = False, target: str | None = None, progress=None) 
             dag.pop(name)
         names = [n for n in names if n in keep]
     failure = None
+    # The thousands of modules imported so far stay: out of the collector's sight, full collections during
+    # the tasks stop re-scanning them (0.3-0.5 s a run).
+    gc.freeze()
     with _quiet(everything=False), _released_shells():
         try:
             dag.build(force=force, show_progress=False)

@@ -97,15 +97,21 @@ def _build(settings, plan, record, stale, force, target, scope, progress) -> Out
         backup_dir = Path(backup) / "products"
         if products_dir.exists():
             shutil.copytree(products_dir, backup_dir, symlinks=True)
+        renderer = _renderer(settings)
         try:
             with config.override(staged, {config.ENV_RUN_ID: record.run_id}):
                 dag = pipeline.build_dag(plan, settings.pipeline.executor, settings.pipeline.task_timeout)
-                result = pipeline.execute(dag, force=force, target=target, progress=progress)
+                result = pipeline.execute(dag, force=force, target=target,
+                                          progress=_rendering(renderer, plan, progress))
         except BaseException:
+            if renderer is not None:
+                renderer.cancel()
             _restore(products_dir, backup_dir, staging)
             raise
         record.tasks = [t for t in result.tasks if t.name in scope]
         if not result.ok:
+            if renderer is not None:
+                renderer.cancel()
             failed_reports = _keep_failed_notebook(settings, plan, result.failed_task)
             _restore(products_dir, backup_dir, staging)
             record.status, record.error = "failed", str(result.error)
@@ -118,15 +124,34 @@ def _build(settings, plan, record, stale, force, target, scope, progress) -> Out
     products.write_json(spec.state_path(settings), state)
     record.status = "succeeded"
     _lineage(plan, record)
-    reports = []
-    if settings.pipeline.reports:
-        from . import reports as reporting
-
-        ran = [t.name for t in record.tasks if t.status == "ran"]
-        reports = reporting.render_tasks(plan, ran, settings.path("reports_dir"))
+    reports = renderer.finish(settings.path("reports_dir")) if renderer is not None else []
     record.ended_at = runs.now()
     _save(settings, record)
     return Outcome(record, stale, reports)
+
+
+def _renderer(settings):
+    """A background renderer of the run's reports, when reports are on."""
+    if not settings.pipeline.reports:
+        return None
+    from .reports import Renderer
+
+    return Renderer(settings.path("data_dir"))
+
+
+def _rendering(renderer, plan, progress):
+    """The progress callback, also handing each task's executed notebook to the renderer when it ends."""
+    if renderer is None:
+        return progress
+
+    def report(name: str, event: str, seconds: float) -> None:
+        if progress:
+            progress(name, event, seconds)
+        nb = plan.tasks[name].products.get("nb")
+        if event == "ran" and nb is not None and nb.suffix == ".ipynb":
+            renderer.submit(nb, name)
+
+    return report
 
 
 def _closure(plan: spec.Plan, target: str) -> list[str]:

@@ -83,6 +83,9 @@ def test_full_build_runs_every_task_and_reports(built, graph):
     features = read_product(project, "features.json")
     assert metrics["test"]["n"] == features["row_counts"]["test"]
     assert not (project / "reports" / "failed").exists()
+    assert sorted(p.name for p in (project / "reports").iterdir()) == sorted(f"{t}.html" for t in graph)
+    leftovers = [p.name for p in (project / "data").iterdir() if p.name.startswith("mlops-nb-")]
+    assert not leftovers, f"staging folders left behind: {leftovers}"
 
 
 @pytest.mark.slow

@@ -76,6 +76,7 @@ def test_split_fast_gives_whylogs_the_same_values(name):
         assert _same(a, b), f"{name}: {path} differs: {a!r} vs {b!r}"
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf in a column, in whylogs too
 def test_profiles_match_whylogs_own_on_every_deterministic_metric():
     import whylogs as why
     from whylogs.core.preprocessing import PreprocessedColumn

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..transforms import RECORD
 from .profiler import send, window_path
 
 DRAIN_SECONDS = 2.0       # how often queued rows are written to the prediction log
@@ -56,9 +57,11 @@ class Recorder:
         self._thread.start()
         return self
 
-    def record(self, request_id: str, version: str, arm: str, frame: pd.DataFrame, p: np.ndarray) -> None:
-        """The hot path: hand the rows over, nothing else."""
-        self._queue.put((time.time(), request_id, version, arm, frame, p))
+    def record(self, request_id: str, version: str, arm: str, rows: "pd.DataFrame | list[dict]",
+               p: np.ndarray) -> None:
+        """The hot path: hand the rows over, nothing else. ``rows`` is the request's frame, or its records
+        as dicts: one frame from the records of a thousand requests costs 1% of concatenating their frames."""
+        self._queue.put((time.time(), request_id, version, arm, rows, p))
 
     def close(self, timeout: float = 30.0) -> None:
         """Log what is queued, then let the profiler write its last profile and exit."""
@@ -108,7 +111,7 @@ class Recorder:
     def _log(self, batch) -> None:
         for start in sorted({self._window_of(b[0]) for b in batch}):
             part = [b for b in batch if self._window_of(b[0]) == start]
-            inputs = pd.concat([b[4] for b in part], ignore_index=True)
+            inputs = _frame([b[4] for b in part])
             sizes = [len(b[4]) for b in part]
             p_late = np.concatenate([b[5] for b in part])
             arms = np.repeat([b[3] for b in part], sizes)
@@ -137,3 +140,19 @@ class Recorder:
 
     def _window_of(self, at: float) -> float:
         return at - (at % self.window_seconds)
+
+
+def _frame(parts: list) -> pd.DataFrame:
+    """The requests' rows in order, as one frame: consecutive lists of records become one frame each."""
+    frames, records = [], []
+    for part in parts:
+        if isinstance(part, list):
+            records.extend(part)
+            continue
+        if records:
+            frames.append(pd.DataFrame.from_records(records, columns=list(RECORD)))
+            records = []
+        frames.append(part)
+    if records:
+        frames.append(pd.DataFrame.from_records(records, columns=list(RECORD)))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)

@@ -161,21 +161,21 @@ class FlightDelay:
         if self.recorder is not None:
             self.recorder.close()
 
-    def answer(self, frame: pd.DataFrame, key: Optional[str]) -> Prediction:
+    def answer(self, frame: pd.DataFrame, key: Optional[str], records: Optional[list] = None) -> Prediction:
         request_id = os.urandom(8).hex()
         arm = arm_for(key or request_id, self.share) if self.share else "champion"
         model = self.challenger if arm == "challenger" else self.champion
         p = model.predict(frame)
         if self.recorder is not None:
-            self.recorder.record(request_id, model.version, arm, frame, p)
+            self.recorder.record(request_id, model.version, arm, frame if records is None else records, p)
         return Prediction(request_id=request_id, model_version=model.version, arm=arm, p_late=p.tolist(),
                           late=(p >= model.threshold).tolist())
 
     @bentoml.api(route="/predict")
     async def predict(self, request: PredictRequest, /) -> Prediction:
         """P(late) for one or more flight records."""
-        frame = pd.DataFrame.from_records([f.__dict__ for f in request.flights], columns=list(RECORD))
-        return self.answer(frame, request.key)
+        records = [f.__dict__ for f in request.flights]
+        return self.answer(pd.DataFrame.from_records(records, columns=list(RECORD)), request.key, records)
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, request: PredictBatchRequest, /) -> Prediction:
