@@ -6,8 +6,8 @@ the whole process tree (papermill kernels included). Then the ratios, and the fu
 `mlops-nb run` with the flights table replicated 1x, 3x and 10x.
 
 Each measurement is repeated (--repeat, 3 by default: a full run in a fresh copy each time, the no-op and
-the parameter change in the same copy, the parameter flipping between two values) and the median is
-compared; the spread is printed beside it, as this kind of VM is noisy.
+the parameter change in the same copy, the parameter flipping between two values), the two sides taking
+turns, and the medians are compared; every run's seconds are printed beside them, as VMs are noisy.
 
 Targets (issue #2): no-op at least 5x faster than Ploomber's, full run at least 2x faster.
 
@@ -106,17 +106,22 @@ def median_of(samples: list[tuple[float, float]]) -> tuple[float, float, str]:
     return statistics.median(secs), statistics.median(m for _, m in samples), spread
 
 
-def runs(tmp: Path, name: str, repeat: int, prepare, full, change) -> dict[str, list]:
-    """``repeat`` full runs in fresh copies, then no-op and parameter-change runs in the last copy."""
-    out: dict[str, list] = {"full": [], "no-op": [], "param change": []}
+def interleaved(tmp: Path, sides: dict, repeat: int) -> dict[str, dict[str, list]]:
+    """``repeat`` full runs of each side in fresh copies, then no-op and parameter-change runs in the last
+    copy; the sides take turns, so that a slow spell of the machine hits both."""
+    out = {name: {"full": [], "no-op": [], "param change": []} for name in sides}
+    last = {}
     for i in range(repeat):
-        project = make_project(tmp / f"{name}{i}")
-        prepare(project)
-        out["full"].append(measure(full, project))
+        for name, (prepare, full, _) in sides.items():
+            last[name] = make_project(tmp / f"{name}{i}")
+            prepare(last[name])
+            out[name]["full"].append(measure(full, last[name]))
     for i in range(repeat):
-        out["no-op"].append(measure(full, project))
+        for name, (_, full, _) in sides.items():
+            out[name]["no-op"].append(measure(full, last[name]))
     for i in range(repeat):
-        out["param change"].append(change(project, "0.05" if i % 2 == 0 else "0.1"))
+        for name, (_, _, change) in sides.items():
+            out[name]["param change"].append(change(last[name], "0.05" if i % 2 == 0 else "0.1"))
     return out
 
 
@@ -130,21 +135,23 @@ def main() -> int:
     ploomber = [str(BIN / "ploomber"), "build"]
     with tempfile.TemporaryDirectory(prefix="mlops-nb-bench-") as tmp:
         tmp = Path(tmp)
-        results = {"ours": runs(tmp, "ours", args.repeat, lambda p: None, mlops,
-                                lambda p, lr: measure(mlops + ["-p", f"model.learning_rate={lr}"], p))}
-        print(f"mlops-nb run (notebooks in-process), median of {args.repeat}:")
-        for what, samples in results["ours"].items():
-            print(row(what, *median_of(samples)))
 
+        def plain_change(project, lr):
+            plain_env_yaml(project, {"model.learning_rate": lr})
+            return measure(ploomber, project)
+
+        sides = {"ours": (lambda p: None, mlops,
+                          lambda p, lr: measure(mlops + ["-p", f"model.learning_rate={lr}"], p))}
         if not args.skip_plain:
-            def change(project, lr):
-                plain_env_yaml(project, {"model.learning_rate": lr})
-                return measure(ploomber, project)
-
-            results["plain"] = runs(tmp, "plain", args.repeat, plain_env_yaml, ploomber, change)
-            print(f"plain `ploomber build` (papermill kernels), median of {args.repeat}:")
-            for what, samples in results["plain"].items():
+            sides["plain"] = (plain_env_yaml, ploomber, plain_change)
+        results = interleaved(tmp, sides, args.repeat)
+        titles = {"ours": "mlops-nb run (notebooks in-process)",
+                  "plain": "plain `ploomber build` (papermill kernels)"}
+        for name in sides:
+            print(f"{titles[name]}, median of {args.repeat}:")
+            for what, samples in results[name].items():
                 print(row(what, *median_of(samples)))
+        if not args.skip_plain:
             print("ratios (ploomber / mlops-nb, medians; > 1 means mlops-nb is faster or smaller):")
             for what, target in (("full", 2.0), ("no-op", 5.0), ("param change", None)):
                 plain_s, plain_m, _ = median_of(results["plain"][what])
