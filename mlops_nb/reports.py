@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # nbconvert's templates link MathJax and require.js from CDNs; the reports have no math and no widgets
@@ -58,8 +59,6 @@ class Renderer:
     place, ``cancel`` drops them. A notebook the child could not render is rendered here instead."""
 
     def __init__(self, parent: Path):
-        import tempfile
-
         Path(parent).mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix="mlops-nb-reports-", dir=parent))
         self.submitted: list[tuple[Path, str]] = []
@@ -96,7 +95,10 @@ class Renderer:
                 os.replace(staged, target)
                 paths.append(target)
             elif notebook.exists():
-                paths.append(render(notebook, target, title=name))
+                try:
+                    paths.append(render(notebook, target, title=name))
+                except Exception:  # the run has landed: a notebook nbconvert cannot read costs its report only
+                    continue
         shutil.rmtree(self.staging, ignore_errors=True)
         return paths
 
