@@ -102,6 +102,39 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
+def recorder_cpu(folder: Path, requests: int, rate: float) -> float:
+    """CPU seconds a request that recording one-record requests at ``rate`` a second costs: the hot path's
+    hand-over and the recorder thread (prediction log) in this process, whylogs in the profiler process.
+    Once-a-worker costs are left out: the profiler's start-up and whylogs' import (a warm-up row goes
+    first), its exit, and the pacing loop's own CPU (measured alone)."""
+    import numpy as np
+    import psutil
+
+    from mlops_nb.serving.recorder import Recorder
+
+    def pace(recorder) -> None:
+        started = time.monotonic()
+        for i in range(requests):
+            if recorder is not None:
+                recorder.record(f"{i:016x}", "bench", "champion", [dict(RECORD)], np.array([0.25]))
+            time.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
+
+    before = time.process_time()
+    pace(None)
+    loop = time.process_time() - before
+    recorder = Recorder(folder, 60).start()
+    recorder.record("warm-up", "bench", "champion", [dict(RECORD)], np.array([0.25]))
+    time.sleep(PROFILE_SECONDS + 5)  # the warm-up row reached the profiler, which imported whylogs for it
+    profiler = next(p for p in psutil.Process().children() if "mlops_nb.serving.profiler" in p.cmdline())
+    child, here = sum(profiler.cpu_times()[:2]), time.process_time()
+    pace(recorder)
+    time.sleep(PROFILE_SECONDS + 5)  # the last rows are logged, sent and profiled
+    here = time.process_time() - here - loop
+    child = sum(profiler.cpu_times()[:2]) - child
+    recorder.close()
+    return (here + child) / requests
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=8)
@@ -178,6 +211,15 @@ def main() -> int:
             print("    server CPU a request (ms): " + ", ".join(f"{n} {v * 1e3:.2f}" for n, v in per_request.items()))
             print(f"    throughput, paired rounds: median {statistics.median(paired) * 100:.1f}% "
                   f"(rounds: {', '.join(f'{c * 100:.1f}' for c in paired)}%)")
+
+            # The same cost measured directly: a recorder with its real profiler process, fed one-record
+            # requests for 10 s at the rate the server reached.
+            rate = med[("ours-np", 16)]["rps"]
+            n = int(rate * 10)
+            direct = recorder_cpu(tmp / "recorder", n, rate)
+            print(f"  profiling cost measured directly:         {direct / per_request['ours-np'] * 100:.1f}% "
+                  f"of a request's CPU ({direct * 1e6:.0f} us a request: hand-over, prediction log, whylogs; "
+                  f"{n} requests at {rate:.0f}/s)")
 
             batch = tmp / "batch.lua"
             rows = 1000
