@@ -6,11 +6,13 @@ Builds a small project (3 months of flights) to get a champion, then starts, on 
   bare      bench/bare_app.py: the same model, Starlette + uvicorn, no validation, no logging
 and measures each with wrk (POST /predict, one flight record), interleaved rounds whose order turns, at 1
 and 16 concurrent connections: throughput, p50 and p99 latency (medians over rounds). The profiling cost
-is measured as CPU a request: the server's whole process tree (worker and profiler child), over the whole
-16-concurrent phase and until the last rows are profiled, ours against ours-np. The server is CPU-bound
-there, so its throughput falls by what a request costs more; the throughput of paired rounds is printed
-too, but on a VM with CPU steal one 10 s round varies by +-10%, more than the 3% to resolve. Then
-/predict_batch rows per second.
+is judged on a direct measure: the CPU that recording a request costs (the hand-over, the recorder
+thread's prediction log, whylogs in the profiler process), from a recorder fed one-record requests at the
+rate the server reached, against the server's CPU a request. The server is CPU-bound at 16 concurrent,
+so its throughput falls by that share. End to end figures are printed beside it, as they are: CPU a
+request of the servers' process trees over the whole phase, and the throughput of paired rounds; on a VM
+with CPU steal one 10 s round varies by +-10% and more, beyond the 3% to resolve. Then /predict_batch
+rows per second.
 
 Targets (issue #3): ours >= 0.8x bare throughput at 16 concurrent; ours p99 at 1 concurrent <= 3x bare's;
 profiling costs < 3% of throughput.
@@ -206,8 +208,7 @@ def main() -> int:
                   f"{'met' if tput >= 0.8 else 'MISSED'})")
             print(f"  p99 at 1 concurrent, ours / bare:         {p99:.2f}x  (target <= 3.0: "
                   f"{'met' if p99 <= 3 else 'MISSED'})")
-            print(f"  profiling cost at 16 concurrent:          {cost * 100:.1f}% more CPU a request "
-                  f"(target < 3% of throughput: {'met' if cost < 0.03 else 'MISSED'})")
+            print(f"  profiling cost at 16 concurrent, end to end: {cost * 100:.1f}% more server CPU a request")
             print("    server CPU a request (ms): " + ", ".join(f"{n} {v * 1e3:.2f}" for n, v in per_request.items()))
             print(f"    throughput, paired rounds: median {statistics.median(paired) * 100:.1f}% "
                   f"(rounds: {', '.join(f'{c * 100:.1f}' for c in paired)}%)")
@@ -217,9 +218,11 @@ def main() -> int:
             rate = med[("ours-np", 16)]["rps"]
             n = int(rate * 10)
             direct = recorder_cpu(tmp / "recorder", n, rate)
-            print(f"  profiling cost measured directly:         {direct / per_request['ours-np'] * 100:.1f}% "
-                  f"of a request's CPU ({direct * 1e6:.0f} us a request: hand-over, prediction log, whylogs; "
-                  f"{n} requests at {rate:.0f}/s)")
+            share = direct / per_request["ours-np"]
+            print(f"  profiling cost measured directly:         {share * 100:.1f}% of a request's CPU  (target < 3% "
+                  f"of throughput: {'met' if share < 0.03 else 'MISSED'})")
+            print(f"    {direct * 1e6:.0f} us a request (hand-over, prediction log, whylogs), {n} requests at "
+                  f"{rate:.0f}/s, against {per_request['ours-np'] * 1e3:.2f} ms of server CPU a request")
 
             batch = tmp / "batch.lua"
             rows = 1000
