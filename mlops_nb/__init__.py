@@ -10,6 +10,7 @@ Modules:
 - `mlops_nb.ingest`: Sources -> immutable, content-addressed snapshots in the warehouse.
 - `mlops_nb.pipeline`: The only module that imports Ploomber: build the DAG from a rendered spec, run it, report per task.
 - `mlops_nb.registry`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
+- `mlops_nb.reports`: Executed notebooks -> self-contained HTML without code cells, readable offline.
 - `mlops_nb.runner`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does.
 - `mlops_nb.serving.build`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
 - `mlops_nb.serving.profiler`: The profiler process of the service: whylogs runs here, never holding the server's GIL.
