@@ -304,22 +304,20 @@ def cmd_lab(args) -> int:
 
 
 def entry() -> None:
-    """The console script. After a command that loaded the data stack (pandas, scikit-learn, Ploomber: some
-    3,800 modules), tearing the interpreter down costs about a second; the exit handlers still run, then
-    the process ends without the teardown. ``main`` itself returns normally, for callers in-process."""
-    code = main()
-    if "pandas" in sys.modules:
-        import atexit
-        import os
+    """The console script. After a run, tearing down the interpreter (some 3,800 modules of the data
+    stack) costs about a second: the exit handlers run, the streams are flushed, and the process ends
+    without the teardown. ``main`` itself returns normally, for callers in-process."""
+    import atexit
+    import os
 
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe: `mlops-nb runs | head`
-                pass
-        os._exit(code)
-    sys.exit(code)
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: `mlops-nb runs | head`
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _split_fast(column, series, parse_numeric_string: bool) -> bool:
     checks that both give whylogs the same values."""
     import numpy as np
     import pandas as pd
-    from pandas.api.types import infer_dtype, is_datetime64_any_dtype, is_number
+    from pandas.api.types import infer_dtype, is_datetime64_any_dtype
     from whylogs.core.preprocessing import NumpyView
 
     dtype = series.dtype
@@ -57,7 +57,7 @@ def _split_fast(column, series, parse_numeric_string: bool) -> bool:
     if kind in ("i", "u"):  # nullable integers included
         null = series.isna().to_numpy()
         column.null_count = int(null.sum())
-        column.nan_count = _numbers(series[null], is_number)
+        column.nan_count = _numbers(series[null])
         column.numpy.ints = series[~null].astype(int).to_numpy()
         return True
     is_strings = kind == "O" and isinstance(dtype, np.dtype)  # pandas' "string" dtype: whylogs is fast there
@@ -71,7 +71,7 @@ def _split_fast(column, series, parse_numeric_string: bool) -> bool:
         return False
     nulls = series[null]
     column.null_count = len(nulls)
-    column.nan_count = _numbers(nulls, is_number)
+    column.nan_count = _numbers(nulls)
     none = values.iloc[:0]
     column.numpy = NumpyView(floats=none.to_numpy(), ints=pd.Series(dtype=int).to_numpy())
     column.pandas.strings = values if is_strings else none
@@ -81,8 +81,10 @@ def _split_fast(column, series, parse_numeric_string: bool) -> bool:
     return True
 
 
-def _numbers(nulls, is_number) -> int:
+def _numbers(nulls) -> int:
     """How many nulls whylogs counts as NaN (its own test, on the nulls only)."""
+    from pandas.api.types import is_number
+
     return int(nulls.apply(is_number).sum()) if len(nulls) else 0
 
 
