@@ -116,10 +116,12 @@ def ingest(con, settings: config.Settings | None = None) -> Snapshot:
     existing = get_snapshot(con, snap_id)
     if existing:
         return existing
-    try:
-        return _load(con, settings, sources, hashes, snap_id, full_scan=set())
-    except _SampleMissed as e:  # a value past DuckDB's type sample: read the table again, typed from all rows
-        return _load(con, settings, sources, hashes, snap_id, full_scan={e.table})
+    full_scan: set[str] = set()
+    while True:  # each table whose type sample missed a value is read again, typed from all its rows
+        try:
+            return _load(con, settings, sources, hashes, snap_id, full_scan=full_scan)
+        except _SampleMissed as e:
+            full_scan.add(e.table)
 
 
 class _SampleMissed(Exception):

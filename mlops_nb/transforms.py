@@ -63,8 +63,10 @@ def record_frame(rows) -> pd.DataFrame:
 
 # %% ../notebooks/lib/00_transforms.ipynb #5445b229
 def _dates(year, month, day):
-    "Calendar dates as datetime64[D]; NaT where the date does not exist (e.g. 30 February) or a part is missing."
+    "Calendar dates as datetime64[D]; NaT where the date does not exist (30 February, month 13, day 1.5) or a part is missing."
     ok = ~(np.isnan(year) | np.isnan(month) | np.isnan(day))
+    ok &= (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
+    ok &= (year == np.floor(year)) & (month == np.floor(month)) & (day == np.floor(day))
     y, m, d = (np.where(ok, v, 1).astype(np.int64) for v in (year, month, day))
     first = ((y - 1970) * 12 + (m - 1)).astype("datetime64[M]")
     dates = first.astype("datetime64[D]") + (d - 1)

@@ -58,7 +58,7 @@ def check_table(con, qualified: str, table: Table, snapshot=None, present=()) ->
         found = family_of(columns[col.name])
         if found != col.family and not (col.family == "number" and found == "int"):
             bad = _uncastable(con, qualified, col.name, "DOUBLE" if col.family != "text" else "VARCHAR")
-            non_null = _count(con, qualified, f'"{col.name}" IS NOT NULL')
+            non_null = 0 if bad else _count(con, qualified, f'"{col.name}" IS NOT NULL')
             if bad:
                 detail = f"found type {columns[col.name]}; {bad:,} value(s) are not {col.family}"
             elif not non_null:

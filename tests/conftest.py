@@ -311,6 +311,18 @@ class BuiltProject:
         return self.work
 
 
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, small_data) -> BuiltProject:
+    """One full build of a sample project whose inputs (a copy of the small CSVs) live in its inputs/,
+    shared by every module that needs a built project; tests change only ``project``, a fresh copy."""
+    return BuiltProject(tmp_path_factory.mktemp("built"), small_data)
+
+
+@pytest.fixture
+def project(built) -> Path:
+    return built.fresh()
+
+
 # --------------------------------------------------------------------------------------------------
 # the pipeline's tasks and their dependencies, read independently of mlops_nb.spec
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -33,21 +32,16 @@ import pytest
 
 import conftest
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
+from conftest import CLI, REPO, TIMEOUT, VENV_BIN
+
 PYTHON = Path(sys.executable)
-CLI = VENV_BIN / "mlops-nb"
 BENTOML = VENV_BIN / "bentoml"
-TIMEOUT = 600          # seconds, any subprocess
 READY_TIMEOUT = 120    # seconds, a server's cold start (the machine is shared: be generous)
 MODEL_NAME = "flight_delay"
 
-# The small sample, baked into the copied settings.ini, so that every later `mlops-nb run` of the project
-# (and of its copies) uses it too.
-SMALL = {"data.months": "1-3", "split.train_months": "1", "split.valid_months": "2",
-         "split.test_months": "3", "model.max_iter": "30"}
+MAX_ROWS = 50  # the champion server's serving.max_rows
 SECOND_RUN = ["-p", "model.learning_rate=0.05", "-p", "gate.min_roc_auc=0.99"]
-PROJECT_FILES = ("settings.ini", "pipeline.yaml", "bentofile.yaml", "requirements.lock")
+SERVING_FILES = ("bentofile.yaml", "requirements.lock")  # beside what conftest.make_project copies
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,31 +103,12 @@ def py_json(project: Path, code: str, *args, **kwargs):
 # the project
 
 
-def write_settings(path: Path, values: dict[str, str]) -> None:
-    """The repo's settings.ini with ``values`` ('section.key' -> text) set, comments kept."""
-    pending = dict(values)
-    section, out = None, []
-    for line in (REPO / "settings.ini").read_text(encoding="utf-8").splitlines():
-        m = re.match(r"^\[(\w+)\]\s*$", line)
-        if m:
-            section = m.group(1)
-        else:
-            m = re.match(r"^(\w+)\s*=", line)
-            if m and f"{section}.{m.group(1)}" in pending:
-                line = f"{m.group(1)} = {pending.pop(f'{section}.{m.group(1)}')}"
-        out.append(line)
-    assert not pending, f"keys not in settings.ini: {pending}"
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
-
-
 def make_project(folder: Path) -> Path:
-    """A project folder as a user has it: settings (the small sample), pipeline, bentofile, lock, notebooks."""
-    folder.mkdir(parents=True)
-    for name in PROJECT_FILES:
+    """A project folder as a user has it: the sample project (small sample baked into settings.ini),
+    plus the bentofile and the lock file a Bento build needs."""
+    conftest.make_project(folder)
+    for name in SERVING_FILES:
         shutil.copy2(REPO / name, folder / name)
-    write_settings(folder / "settings.ini", SMALL)
-    shutil.copytree(REPO / "notebooks" / "pipeline", folder / "notebooks" / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     return folder
 
 
@@ -150,12 +125,6 @@ def audit(project: Path) -> list[dict]:
     return sorted(mlops_ok(project, "models", "audit", "--json").json(), key=lambda r: r["seq"])
 
 
-def last_run(project: Path) -> dict:
-    rows = mlops_ok(project, "runs", "--json", "--limit", "1").json()
-    assert rows, "no run recorded"
-    return rows[0]
-
-
 def store_dir(project: Path, version: str) -> Path:
     """Where BentoML keeps a model version inside the project's store."""
     return project / "data" / "bentoml" / "models" / MODEL_NAME / version
@@ -165,7 +134,6 @@ def store_dir(project: Path, version: str) -> Path:
 class Built:
     """The session's project, never changed after it is built: copy it to change anything."""
     pristine: Path
-    first: Result
     second: Result
     v1: str          # the champion (run 1)
     v2: str          # a refused candidate (run 2)
@@ -193,7 +161,7 @@ def served(tmp_path_factory) -> Built:
     assert len(rows) == 2, f"two runs should register two versions: {[r['version'] for r in rows]}"
     v1 = after_first["champion"]
     (v2,) = [r["version"] for r in rows if r["version"] != v1]
-    return Built(project, first, second, v1, v2)
+    return Built(project, second, v1, v2)
 
 
 @pytest.fixture
@@ -370,7 +338,7 @@ def champion_server(served, tmp_path_factory):
     Shared by test_serving.py and test_serving_fuzz.py; nothing may change its project."""
     root = tmp_path_factory.mktemp("champion-server")
     project = served.copy(root / "project")
-    server = serve(project, root, "champion", SERVING__MAX_ROWS=50)
+    server = serve(project, root, "champion", SERVING__MAX_ROWS=MAX_ROWS)
     try:
         server.wait_ready()
         yield server

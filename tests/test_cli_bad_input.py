@@ -7,20 +7,10 @@ import time
 
 import pytest
 
-from conftest import (PRODUCTS, BuiltProject, folder_bytes, last_run, read_csv_text, run_cli, run_count,
+from conftest import (PRODUCTS, folder_bytes, last_run, read_csv_text, run_cli, run_count,
                       warehouse_tables)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, small_data) -> BuiltProject:
-    return BuiltProject(tmp_path_factory.mktemp("bad-input"), small_data)
-
-
-@pytest.fixture
-def project(built):
-    return built.fresh()
 
 
 @pytest.fixture(scope="module")

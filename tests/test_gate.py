@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 pytest.register_assert_rewrite("served_project")
-from served_project import aliases, audit, last_run, mlops, py_json, versions
+from conftest import last_run
+from served_project import aliases, audit, mlops, py_json, versions
 
 pytest_plugins = ["served_project"]
 

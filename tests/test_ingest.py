@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from mlops_nb import config, features, ingest, validation, warehouse
@@ -168,6 +167,26 @@ def test_bundled_zip_is_read(tmp_path, db):
     with warehouse.connect(path=db) as con:
         months = con.execute(f"SELECT DISTINCT month FROM {snap.table('flights')}").fetchall()
     assert months == [(2,)]
+
+
+def test_values_past_the_type_sample_in_two_tables(tmp_path, db, small_data):
+    """flights and weather both hold a text value after DuckDB's 20,480-row type sample: each table is
+    read again with a full scan, and the columns arrive as text for validation to count."""
+    import pandas as pd
+
+    src = copy_source(small_data, tmp_path / "src")
+    for name, column in (("flights", "dep_delay"), ("weather", "temp")):
+        rows = read_csv_text(src / f"{name}.csv")
+        rows = pd.concat([rows] * (20_480 // len(rows) + 2), ignore_index=True)
+        rows.loc[len(rows) - 1, column] = "late?"
+        rows.to_csv(src / f"{name}.csv", index=False)
+    snap = do_ingest(db, settings_for(tmp_path, src))
+    with warehouse.connect(path=db) as con:
+        types = {(t, c): con.execute(f"SELECT typeof({c}) FROM {snap.table(t)} LIMIT 1").fetchone()[0]
+                 for t, c in (("flights", "dep_delay"), ("weather", "temp"))}
+        late = con.execute(f"SELECT count(*) FROM {snap.table('flights')} WHERE dep_delay = 'late?'").fetchone()[0]
+    assert types == {("flights", "dep_delay"): "VARCHAR", ("weather", "temp"): "VARCHAR"}
+    assert late == 1
 
 
 def test_folder_without_a_required_table(tmp_path, small_data):

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from conftest import REPO, TIMEOUT, VENV_BIN, cli_env
 

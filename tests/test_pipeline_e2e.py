@@ -14,21 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CLI, PACKAGE, PRODUCTS, TASKS, TIMEOUT, BuiltProject, Result, cli_env,
+from conftest import (CLI, PACKAGE, PRODUCTS, TASKS, TIMEOUT, Result, cli_env,
                       downstream, folder_bytes, last_run, pipeline_graph, read_csv_text,
                       run_cli, run_count, run_ok, tasks_using, upstream_closure, warehouse_tables)
 from mlops_nb import spec
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, small_data) -> BuiltProject:
-    """One full build of a sample project whose inputs (a copy of the small CSVs) live in its inputs/."""
-    return BuiltProject(tmp_path_factory.mktemp("e2e"), small_data)
-
-
-@pytest.fixture
-def project(built) -> Path:
-    return built.fresh()
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,12 @@ import time
 import pytest
 
 pytest.register_assert_rewrite("served_project")
-from served_project import (BENTOML, MODEL_NAME, Server, aliases, as_columns, as_records, client, make_project,
-                            mlops, mlops_ok, offline_p_late, py_json, sample_rows, serve)
+from served_project import (BENTOML, MAX_ROWS, MODEL_NAME, Server, aliases, as_columns, as_records, client,
+                            make_project, mlops, mlops_ok, offline_p_late, py_json, sample_rows, serve)
 
 pytest_plugins = ["served_project"]
 pytestmark = pytest.mark.slow
 
-MAX_ROWS = 50  # the champion server's serving.max_rows
 REQUEST_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -236,11 +235,7 @@ def test_bad_input_is_a_4xx_naming_the_problem(served, http, route, body, words)
     assert_still_answers(http, served.v1)
 
 
-SHAPE_XFAIL: dict = {}
-
-
-@pytest.mark.parametrize("route, body", [pytest.param(*b[1:3], id=b[0], marks=SHAPE_XFAIL.get(b[0], ()))
-                                         for b in BAD_INPUT])
+@pytest.mark.parametrize("route, body", [b[1:3] for b in BAD_INPUT], ids=[b[0] for b in BAD_INPUT])
 def test_every_refusal_is_an_error_object(served, http, route, body):
     """Clients read ``error`` of a refusal: it is a JSON object with an 'error' message, for every problem."""
     if isinstance(body, bytes):
