@@ -80,14 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    from .errors import MlopsNbError
+    from .errors import MlopsNbError, RunInterrupted
 
     try:
         commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
                     "models": cmd_models, "serve": cmd_serve, "build": cmd_build}
+        if args.command in ("runs", "models", "serve", "build"):
+            _recover_first()
         return commands[args.command](args)
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except RunInterrupted as e:
+        undone = getattr(e, "undone", None) or []
+        print(f"{e}: the run was rolled back" + (": " + "; ".join(undone) if undone else "; nothing had changed")
+              + ".", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -95,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `mlops-nb runs | head`
         sys.stderr.close()
         return 0
+
+
+def _recover_first() -> None:
+    """A run killed earlier is finished or undone before any command reads the project."""
+    from . import config, runner
+
+    try:
+        settings = config.load()
+    except config.SettingsError:
+        return
+    message = runner.recover_if_needed(settings)
+    if message:
+        print(message, file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -106,7 +126,8 @@ def cmd_run(args) -> int:
     settings = config.load(overrides=overrides)
     from . import runner
 
-    outcome = runner.run(settings, force=args.force, target=args.task, progress=None if args.quiet else _progress)
+    outcome = runner.run(settings, force=args.force, target=args.task, progress=None if args.quiet else _progress,
+                         announce=lambda line: print(line, file=sys.stderr, flush=True))
     rec = outcome.record
     from .pipeline import render_table
 
@@ -130,7 +151,8 @@ def cmd_run(args) -> int:
         print(f"report: {report}")
     if outcome.error is not None:
         print(f"\nerror: {outcome.error}", file=sys.stderr)
-        print("The warehouse and the products are as they were before this run.", file=sys.stderr)
+        print("The warehouse, the products and the registry are as they were before this run"
+              + (f" (undone: {'; '.join(outcome.undone)})." if outcome.undone else "."), file=sys.stderr)
         return outcome.error.exit_code
     return 0
 
@@ -208,7 +230,7 @@ def cmd_models(args) -> int:
     settings = config.load()
     action = args.models_command
     if action in ("promote", "rollback"):
-        # a run's staging warehouse replaces the warehouse when it ends: never change aliases under it
+        # a run's commit moves aliases too: one writer of aliases at a time
         with runner.run_lock(settings), warehouse.connect(write=True, settings=settings) as con:
             if action == "promote":
                 before = registry.promote(con, args.version, args.alias, args.reason)
@@ -261,7 +283,7 @@ def cmd_serve(args) -> int:
 
     settings = config.load()
     if args.bento is None:
-        build.pinned_tags(settings, "to serve")  # fail now, in plain words, when there is nothing to serve
+        build.pinned_models(settings, "to serve")  # fail now, in plain words, when there is nothing to serve
     cmd = build.serve_command(settings, args.port, args.host, args.bento)
     os.chdir(settings.root)
     os.execve(cmd[0], cmd, build.tool_env(settings))

@@ -28,6 +28,8 @@ SETTINGS_FILE = "settings.ini"
 ENV_PREFIX = "MLOPS_NB_"
 ENV_SETTINGS = "MLOPS_NB_SETTINGS"
 ENV_RUN_ID = "MLOPS_NB_RUN_ID"  # set by the runner for the notebooks of one run
+# Test hook: a run kills itself with SIGKILL when it reaches this named point (see runner.crash_point).
+ENV_CRASH_AT = "MLOPS_NB_CRASH_AT"
 
 
 def parse_months(text: str) -> tuple[int, ...]:
@@ -293,7 +295,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     """MLOPS_NB_MODEL__SEED=7 -> {'model.seed': '7'}; unknown names are errors, not silently ignored."""
     out = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in (ENV_SETTINGS, ENV_RUN_ID):
+        if not name.startswith(ENV_PREFIX) or name in (ENV_SETTINGS, ENV_RUN_ID, ENV_CRASH_AT):
             continue
         section, sep, key = name[len(ENV_PREFIX):].lower().partition("__")
         if not sep:
@@ -357,6 +359,20 @@ def export_tool_env(settings: Settings) -> None:
     os.environ.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
 
 
+def export_bentoml_home(store: Path) -> None:
+    os.environ.setdefault("BENTOML_HOME", str(store))
+
+
+def bentoml_home_env() -> Path | None:
+    value = os.environ.get("BENTOML_HOME")
+    return Path(value) if value else None
+
+
+def bentoml_home(settings: Settings) -> Path:
+    """The BentoML home every mlops-nb process uses: the user's BENTOML_HOME, else paths.bentoml_home."""
+    return Path(os.environ.get("BENTOML_HOME") or settings.path("bentoml_home"))
+
+
 def serving_dir(settings: Settings, in_bento: bool) -> Path:
     """Where the service writes profiles and the prediction log. A Bento's own folder is immutable, so a
     relative setting lands under $BENTOML_HOME/serving/ when serving a Bento."""
@@ -388,6 +404,11 @@ _settings: Settings | None = None
 def run_id() -> str | None:
     """The id of the run executing this notebook (None outside `mlops-nb run`)."""
     return os.environ.get(ENV_RUN_ID)
+
+
+def crash_at() -> str | None:
+    """The crash point tests ask for (``MLOPS_NB_CRASH_AT``); None in normal use."""
+    return os.environ.get(ENV_CRASH_AT) or None
 
 
 def get_settings() -> Settings:

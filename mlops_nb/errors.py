@@ -46,6 +46,23 @@ class PipelineError(MlopsNbError):
     exit_code = 4
 
 
+class TaskTimeoutError(PipelineError):
+    """A task ran longer than pipeline.task_timeout."""
+
+
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived during a run. A BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` in a task or in Ploomber swallows it; the run rolls back and the CLI exits
+    128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
 class RunLockedError(MlopsNbError):
     """Another run holds the project's run lock."""
 

@@ -70,6 +70,26 @@ def _model_tests(predict, sample: pd.DataFrame) -> list[dict]:
     return results
 
 
+def model_info(train_info: dict, metrics: dict, threshold: float, run_id: str | None) -> dict:
+    """What the model store and the registry keep of a candidate: training info, test metrics, the
+    request schema it was trained on, the decision threshold and the run."""
+    return {**train_info, "metrics": metrics["test"], "per_month": metrics["per_month"], "run_id": run_id,
+            "feature_schema": {name: list(spec) for name, spec in RECORD.items()}, "threshold": threshold}
+
+
+def reference_profiles(train: pd.DataFrame, test: pd.DataFrame, predictions, folder):
+    """The whylogs profiles that drift is measured against: training features, and test features with the
+    model's predictions. Returns ``folder``."""
+    from pathlib import Path
+
+    from . import profiles
+
+    folder = Path(folder)
+    profiles.write(profiles.profile(train[list(RECORD)]), folder / "train_features.bin")
+    profiles.write(profiles.profile(test[list(RECORD)].assign(p_late=predictions)), folder / "test_predictions.bin")
+    return folder
+
+
 def _number(v):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 

@@ -48,21 +48,19 @@ class BuildResult:
         return self.error is None
 
 
-def build_dag(plan, executor: str = "engine", task_timeout: int = 3600):
-    """A Ploomber DAG for an mlops-nb plan: our hashes passed as parameters so Ploomber sees data and code
-    changes too, notebooks in-process (ploomber-engine) or in kernels (papermill)."""
+def build_dag(plan, tokens: dict[str, str], executor: str = "engine", task_timeout: int = 3600):
+    """A Ploomber DAG for an mlops-nb plan, notebooks in-process (ploomber-engine) or in kernels (papermill).
+    Each task gets our decision as a parameter (``spec.token``): Ploomber re-runs exactly the tasks whose
+    token changed, and what is downstream of them."""
     _import_ploomber()
     from ploomber.spec import DAGSpec
+
+    from .spec import TOKEN_PARAM
 
     tasks = []
     for task in plan.tasks.values():
         entry = dict(task.spec, name=task.name)
-        params = dict(entry.get("params") or {})
-        if task.code_hash:
-            params["code_hash"] = task.code_hash
-        if task.source_hash:
-            params["source_hash"] = task.source_hash
-        entry["params"] = params
+        entry["params"] = {**(entry.get("params") or {}), TOKEN_PARAM: tokens[task.name]}
         if "executor" not in entry:
             if executor == "engine":
                 entry["executor"] = "ploomber-engine"
@@ -89,9 +87,12 @@ def load_plain_dag(spec_path: Path, env: dict | None = None):
         raise PipelineError(f"Cannot load the Ploomber spec {spec_path}: {_first_line(e)}") from None
 
 
-def execute(dag, force: bool = False, target: str | None = None, progress=None) -> BuildResult:
+def execute(dag, force: bool = False, target: str | None = None, progress=None,
+            task_timeout: int | None = None) -> BuildResult:
     """Build the DAG (or ``target`` and what it needs); never raises for a failing task, reports it.
-    ``progress(name, event, seconds)`` is told when each task starts ('start') and ends ('ran', 'failed')."""
+    ``progress(name, event, seconds)`` is told when each task starts ('start') and ends ('ran', 'failed').
+    ``task_timeout`` (seconds) ends a task running in this process that takes longer (papermill kernels
+    have their own cell timeout)."""
     from ploomber.executors import Serial
 
     names = list(dag)
@@ -101,7 +102,7 @@ def execute(dag, force: bool = False, target: str | None = None, progress=None) 
     seconds: dict[str, float] = {}
     errors: dict[str, BaseException] = {}
     for name in names:
-        _time_task(dag[name], seconds, errors, progress)
+        _time_task(dag[name], seconds, errors, progress, task_timeout)
 
     if target is not None:  # the target and its upstream only (build_partially would build a deep copy)
         keep = _upstream_closure(dag, target)
@@ -168,8 +169,9 @@ def _upstream_closure(dag, target: str) -> set[str]:
     return keep
 
 
-def _time_task(task, seconds: dict, errors: dict, progress) -> None:
-    """Wrap a task's build to time it, report it and keep its exception (Ploomber only keeps their text)."""
+def _time_task(task, seconds: dict, errors: dict, progress, timeout: int | None = None) -> None:
+    """Wrap a task's build to time it, bound it, report it and keep its exception (Ploomber only keeps their
+    text)."""
     original = task._build
 
     def timed(*args, **kwargs):
@@ -177,7 +179,8 @@ def _time_task(task, seconds: dict, errors: dict, progress) -> None:
         if progress:
             progress(task.name, "start", 0.0)
         try:
-            result = original(*args, **kwargs)
+            with _time_limit(task.name, timeout):
+                result = original(*args, **kwargs)
         except BaseException as e:
             errors[task.name] = e
             seconds[task.name] = time.perf_counter() - started
@@ -190,6 +193,31 @@ def _time_task(task, seconds: dict, errors: dict, progress) -> None:
         return result
 
     task._build = timed
+
+
+@contextlib.contextmanager
+def _time_limit(name: str, seconds: int | None):
+    """Raise TaskTimeoutError in this (main) thread when the block runs longer than ``seconds``. A signal
+    interrupts Python code and sleeps; a long call into C code ends when it returns to Python."""
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from .errors import TaskTimeoutError
+
+    def expire(signum, frame):
+        raise TaskTimeoutError(f"Task {name!r} ran longer than pipeline.task_timeout = {seconds} s and was "
+                               "stopped. Make it faster, or raise the limit (-p pipeline.task_timeout=SECONDS).")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _status(task, name: str, seconds: dict) -> tuple[str, float]:

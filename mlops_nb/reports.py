@@ -66,6 +66,10 @@ class Renderer:
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       text=True)
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def submit(self, notebook: Path, name: str) -> None:
         self.submitted.append((Path(notebook), name))
         try:

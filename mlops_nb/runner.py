@@ -1,29 +1,34 @@
-"""One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does.
+"""One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does,
+whatever stops it: an error, Ctrl-C, SIGTERM, SIGKILL, a power loss.
 
 The order of a run:
-1. take the project's run lock (a second run is refused, naming the first one's pid);
-2. fingerprint the tasks (``spec``) and, when nothing is stale, record an up-to-date run and stop, never
+1. take the project's run lock (a second run is refused, naming the first one's pid; the OS releases
+   the lock of a process that died, so a dead run's lock is simply taken over);
+2. finish or undo a run that was killed before (``journal``), saying so in one line;
+3. fingerprint the tasks (``spec``) and, when nothing is stale, record an up-to-date run and stop, never
    importing Ploomber, pandas or scikit-learn;
-3. copy the warehouse to a staging file and back up the products folder;
-4. build with Ploomber (``pipeline``), notebooks writing to the staging warehouse;
-5. on success, move the staging file over the warehouse, save the fingerprints, render reports;
-   on failure, drop the staging file and restore the products: the warehouse, the products and the
-   reports are as they were;
-6. record the run (status, tasks, lineage, metrics) in the warehouse.
+4. write the journal, back up the products, take the warehouse's inventory (no copy of the warehouse:
+   tasks only add content-addressed objects to it, and a rollback drops what was added);
+5. build with Ploomber (``pipeline``); reports render in the background into the run's scratch folder;
+6. commit in one DuckDB transaction (the gate's registration and aliases, the run record), then save the
+   fingerprints, move the reports into place and drop the journal;
+   on failure or a signal, undo: the warehouse, the products, the registry and the reports are as they
+   were, and the failed run's record says what happened.
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
-import tempfile
+import signal
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import config, products, runs, spec
-from .errors import MlopsNbError, RunLockedError
+from . import config, journal, products, runs, spec
+from .errors import MlopsNbError, RunInterrupted, RunLockedError
 
 LOCK_FILE = ".run.lock"
 
@@ -31,9 +36,17 @@ LOCK_FILE = ".run.lock"
 @dataclass
 class Outcome:
     record: runs.RunRecord
-    stale: list[str]
+    stale: dict[str, str]
     reports: list[Path]
     error: MlopsNbError | None = None
+    recovered: str | None = None
+    undone: list[str] | None = None
+
+
+def crash_point(name: str) -> None:
+    """Where the crash tests kill a run for real: SIGKILL, no cleanup, at a named instant."""
+    if config.crash_at() == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager
@@ -58,19 +71,27 @@ def run_lock(settings: config.Settings) -> Iterator[None]:
 
 
 def run(settings: config.Settings, force: bool = False, target: str | None = None,
-        progress=None) -> Outcome:
+        progress=None, announce=None) -> Outcome:
+    """``announce(line)`` is told at once when a killed run had to be finished or undone first."""
     record = runs.RunRecord(runs.new_run_id(), runs.now(), params=settings.as_dict())
-    with run_lock(settings):
-        plan = spec.load_plan(settings)
+    with run_lock(settings), _signals_interrupt():
+        recovered = recover(settings)
+        if recovered and announce:
+            announce(recovered)
+        state = spec.read_state(settings)
+        plan = spec.load_plan(settings, state=state)
         if target is not None and target not in plan.tasks:
             from .errors import NotFoundError, did_you_mean
             raise NotFoundError(f"No task named {target!r}; the tasks are {plan.order()}."
                                 f"{did_you_mean(target, plan.tasks)}")
         scope = _closure(plan, target) if target else plan.order()
-        stale = [t for t in spec.stale_tasks(plan, spec.read_state(settings)) if t in scope]
+        why = spec.stale_tasks(plan, state, settings.path("warehouse").exists())
+        stale = {t: why[t] for t in scope if t in why or force}
+        for t in stale:
+            stale[t] = why.get(t, "--force")
         record.git_commit, record.git_dirty = runs.git_info(settings.root)
         record.versions = runs.library_versions()
-        if not stale and not force:
+        if not stale:
             from .pipeline import TaskResult
 
             record.status = "up-to-date"
@@ -78,56 +99,236 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
             _lineage(plan, record)
             record.ended_at = runs.now()
             _save(settings, record)
-            return Outcome(record, [], [])
-        return _build(settings, plan, record, stale, force, target, scope, progress)
+            return Outcome(record, {}, [], recovered=recovered)
+        outcome = _build(settings, plan, state, record, stale, target, scope, progress)
+        outcome.recovered = recovered
+        return outcome
 
 
-def _build(settings, plan, record, stale, force, target, scope, progress) -> Outcome:
-    from . import pipeline
+def recover_if_needed(settings: config.Settings) -> str | None:
+    """For commands other than ``run``: finish or undo a killed run first (skipped while a run is live)."""
+    if not journal.journal_path(settings).exists():
+        return None
+    try:
+        with run_lock(settings):
+            return recover(settings)
+    except RunLockedError:
+        return None
 
-    warehouse = settings.path("warehouse")
-    staging = warehouse.with_name(warehouse.name + ".staging")
+
+def recover(settings: config.Settings) -> str | None:
+    """Under the run lock: finish a killed run that had committed, undo one that had not. One line."""
+    j = journal.read(settings)
+    if j is None:
+        if journal.scratch_dir(settings).exists():
+            shutil.rmtree(journal.scratch_dir(settings), ignore_errors=True)
+        return None
+    if j.phase == "preparing":
+        journal.remove(settings)
+        return f"Recovered: run {j.run_id} was stopped before it changed anything; its leftovers are removed."
+    if _committed(settings, j.run_id):
+        _finish(settings, j)
+        return f"Recovered: run {j.run_id} was stopped after it committed; its state and reports are now in place."
+    undone = _undo(settings, j, f"killed while {j.phase}; rolled back by the next command")
+    return (f"Recovered: run {j.run_id} was killed while {j.phase}; rolled back "
+            f"({'; '.join(undone) if undone else 'nothing had changed'}).")
+
+
+def _committed(settings, run_id: str) -> bool:
+    from . import warehouse
+
+    if not settings.path("warehouse").exists():
+        return False
+    with warehouse.connect(settings=settings) as con:
+        if not warehouse.has_table(con, "runs"):
+            return False
+        row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    return bool(row) and row[0] == "succeeded"
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM become RunInterrupted in the main thread while a run holds the lock."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise RunInterrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _signals_deferred():
+    """While undoing or committing, a second Ctrl-C must not cut the work short (a SIGKILL still can:
+    the journal covers that)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _build(settings, plan, state, record, stale, target, scope, progress) -> Outcome:
+    from . import pipeline, warehouse
+
     products_dir = settings.path("products_dir")
-    for leftover in (staging, staging.with_name(staging.name + ".wal")):
-        leftover.unlink(missing_ok=True)
-    if warehouse.exists():
-        shutil.copy2(warehouse, staging)
-    staged = settings.replace({"paths.warehouse": str(staging)})
-    with tempfile.TemporaryDirectory(prefix="mlops-nb-backup-", dir=settings.path("data_dir")) as backup:
-        backup_dir = Path(backup) / "products"
-        if products_dir.exists():
-            shutil.copytree(products_dir, backup_dir, symlinks=True)
-        renderer = _renderer(settings)
-        try:
-            with config.override(staged, {config.ENV_RUN_ID: record.run_id}):
-                dag = pipeline.build_dag(plan, settings.pipeline.executor, settings.pipeline.task_timeout)
-                result = pipeline.execute(dag, force=force, target=target,
-                                          progress=_rendering(renderer, plan, progress))
-        except BaseException:
-            if renderer is not None:
-                renderer.cancel()
-            _restore(products_dir, backup_dir, staging)
-            raise
+    j = journal.Journal(record.run_id, os.getpid(), "preparing", products_dir.exists())
+    shutil.rmtree(journal.scratch_dir(settings), ignore_errors=True)
+    j.save(settings)
+    crash_point("preparing")
+    if products_dir.exists():
+        shutil.copytree(products_dir, journal.backup_dir(settings), symlinks=True)
+        journal.fsync_tree(journal.backup_dir(settings))
+    with warehouse.connect(write=True, settings=settings) as con:
+        j.warehouse_before = warehouse.inventory(con)
+    renderer = _renderer(settings)
+    j.children = [renderer.pid] if renderer is not None else []
+    j.phase = "running"
+    j.save(settings)
+    crash_point("running")
+    tokens = {n: spec.token(plan, state, n, n in stale, record.run_id) for n in plan.tasks}
+    try:
+        with config.override(settings, {config.ENV_RUN_ID: record.run_id}):
+            dag = pipeline.build_dag(plan, tokens, settings.pipeline.executor, settings.pipeline.task_timeout)
+            result = pipeline.execute(dag, target=target, progress=_rendering(renderer, plan, progress),
+                                      task_timeout=settings.pipeline.task_timeout)
         record.tasks = [t for t in result.tasks if t.name in scope]
         if not result.ok:
+            failed_reports = _keep_failed_notebook(settings, plan, result.failed_task)
+            with _signals_deferred():
+                if renderer is not None:
+                    renderer.cancel()
+                undone = _undo(settings, j, str(result.error), record)
+            return Outcome(record, stale, failed_reports, error=result.error, undone=undone)
+        reports = renderer.finish(journal.ready_reports_dir(settings)) if renderer is not None else []
+        crash_point("before-commit")
+        with _signals_deferred():
+            built = [t.name for t in record.tasks if t.status == "ran"]
+            j.state_after = spec.new_state(plan, state, built, tokens)
+            journal.fsync_tree(products_dir)
+            j.phase = "committing"
+            j.save(settings)
+            record.status = "succeeded"
+            _lineage(plan, record)
+            record.ended_at = runs.now()
+            _commit(settings, plan, record)
+            crash_point("after-commit")
+            moved = _finish(settings, j)
+        names = {p.name for p in reports}
+        return Outcome(record, stale, [p for p in moved if p.name in names])
+    except BaseException as e:
+        with _signals_deferred():
             if renderer is not None:
                 renderer.cancel()
-            failed_reports = _keep_failed_notebook(settings, plan, result.failed_task)
-            _restore(products_dir, backup_dir, staging)
-            record.status, record.error = "failed", str(result.error)
-            record.ended_at = runs.now()
-            _save(settings, record)
-            return Outcome(record, stale, failed_reports, error=result.error)
-    os.replace(staging, warehouse)
-    state = spec.read_state(settings)
-    state.setdefault("tasks", {}).update({n: plan.tasks[n].fingerprint for n in scope})
-    products.write_json(spec.state_path(settings), state)
-    record.status = "succeeded"
-    _lineage(plan, record)
-    reports = renderer.finish(settings.path("reports_dir")) if renderer is not None else []
-    record.ended_at = runs.now()
-    _save(settings, record)
-    return Outcome(record, stale, reports)
+            if record.status == "succeeded" and _committed(settings, record.run_id):
+                _finish(settings, j)
+                raise
+            record.status = "running"
+            why = str(e) if isinstance(e, (MlopsNbError, RunInterrupted)) else f"{type(e).__name__}: {e}"
+            undone = _undo(settings, j, why, record)
+        if isinstance(e, RunInterrupted):
+            e.undone = undone
+        raise
+
+
+def _commit(settings, plan, record) -> None:
+    """The commit point: the gate's registration and alias changes, and the run record, in one transaction."""
+    from . import registry, warehouse
+
+    gate = _receipt(plan, "gate")
+    with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
+        if gate is not None and record.model_version is not None and _ran(record, gate[0]):
+            registry.record_gate(con, gate[1]["tag"], gate[1]["info"], gate[1]["decision"], record.run_id)
+            record.gate["aliases"] = registry.aliases(con)
+        runs.insert(con, record)
+
+
+def _ran(record, task_name: str) -> bool:
+    return any(t.name == task_name and t.status == "ran" for t in record.tasks)
+
+
+def _finish(settings, j: journal.Journal) -> list[Path]:
+    """After the commit: the state file, the reports into place, the scratch folder and journal gone."""
+    if j.state_after is not None:
+        products.write_json(spec.state_path(settings), j.state_after)
+    crash_point("finishing")
+    moved = []
+    ready = journal.ready_reports_dir(settings)
+    if ready.exists():
+        target = settings.path("reports_dir")
+        for f in sorted(ready.iterdir()):
+            target.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target / f.name)
+            moved.append(target / f.name)
+    journal.remove(settings)
+    return moved
+
+
+def _undo(settings, j: journal.Journal, why: str, record: runs.RunRecord | None = None) -> list[str]:
+    """Put the project back as it was before run ``j``; returns what was undone. Idempotent: a copy killed
+    half-way is finished by the next one."""
+    from . import registry, warehouse
+
+    j.phase = "restoring"
+    j.save(settings)
+    _stop_children(j.children)
+    undone = []
+    with warehouse.connect(write=True, settings=settings) as con:
+        removed = warehouse.undo_since(con, j.warehouse_before) if j.warehouse_before else []
+        if removed:
+            undone.append("warehouse: removed " + ", ".join(removed))
+        crash_point("restoring")
+        stores = registry.remove_unregistered(con, settings)
+        if stores:
+            undone.append("model store: removed " + ", ".join(stores))
+        products_dir = settings.path("products_dir")
+        backup = journal.backup_dir(settings)
+        if j.products_existed and backup.exists():
+            shutil.rmtree(products_dir, ignore_errors=True)
+            os.replace(backup, products_dir)
+            undone.append(f"products: restored {products_dir}")
+        elif not j.products_existed and products_dir.exists():
+            shutil.rmtree(products_dir)
+            undone.append(f"products: removed {products_dir}")
+        if record is None:
+            record = runs.RunRecord(j.run_id, runs.now(), params={})
+        record.status, record.error, record.ended_at = "failed", why, runs.now()
+        if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
+            runs.save(con, record)
+    staged = journal.scratch_dir(settings)
+    if staged.exists():
+        undone.append("reports: dropped this run's")
+    journal.remove(settings)
+    return undone
+
+
+def _stop_children(pids: list[int]) -> None:
+    """End a killed run's report renderer, if it still runs (checked to be ours by its command line)."""
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"mlops_nb" in cmdline and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _renderer(settings):
@@ -136,7 +337,7 @@ def _renderer(settings):
         return None
     from .reports import Renderer
 
-    return Renderer(settings.path("data_dir"))
+    return Renderer(journal.scratch_dir(settings))
 
 
 def _rendering(renderer, plan, progress):
@@ -165,15 +366,6 @@ def _closure(plan: spec.Plan, target: str) -> list[str]:
     return [n for n in plan.order() if n in needed]
 
 
-def _restore(products_dir: Path, backup_dir: Path, staging: Path) -> None:
-    for f in (staging, staging.with_name(staging.name + ".wal")):
-        f.unlink(missing_ok=True)
-    if products_dir.exists():
-        shutil.rmtree(products_dir)
-    if backup_dir.exists():
-        shutil.copytree(backup_dir, products_dir, symlinks=True)
-
-
 def _keep_failed_notebook(settings, plan, failed_task) -> list[Path]:
     """The failing task's executed notebook, rendered under reports/failed/ before products are restored."""
     if not failed_task or not settings.pipeline.reports:
@@ -190,21 +382,30 @@ def _keep_failed_notebook(settings, plan, failed_task) -> list[Path]:
         return []
 
 
-def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
-    """Snapshot, metrics and the gate's decision, from the current products, into the run record."""
+def _receipt(plan: spec.Plan, kind: str) -> tuple[str, dict] | None:
+    """(task, receipt) of the JSON product that says it is a ``kind`` receipt (``products.RECEIPT_KEY``):
+    the runner finds products by what they are, not by their key in pipeline.yaml."""
     for task in plan.tasks.values():
-        for key, path in task.products.items():
+        for path in task.products.values():
             if path.suffix != ".json" or not path.exists():
                 continue
             data = products.read_json(path)
-            if key == "snapshot":
-                record.snapshot_id = data.get("snapshot_id")
-            elif key == "metrics":
-                record.metrics = data.get("test", data)
-            elif key == "decision":
-                record.model_version = data.get("version")
-                record.gate = {"promote": data.get("promote"), "reasons": data.get("reasons"),
-                               "aliases": data.get("aliases")}
+            if isinstance(data, dict) and data.get(products.RECEIPT_KEY) == kind:
+                return task.name, data
+    return None
+
+
+def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
+    """Snapshot, metrics and the gate's decision, from the current products, into the run record."""
+    if (found := _receipt(plan, "snapshot")) is not None:
+        record.snapshot_id = found[1].get("snapshot_id")
+    if (found := _receipt(plan, "metrics")) is not None:
+        record.metrics = found[1].get("test", found[1])
+    if (found := _receipt(plan, "gate")) is not None:
+        decision = found[1]["decision"]
+        record.model_version = found[1]["tag"].split(":", 1)[1]
+        record.gate = {"promote": decision.get("promote"), "reasons": decision.get("reasons"),
+                       "aliases": found[1].get("aliases")}
 
 
 def _save(settings: config.Settings, record: runs.RunRecord) -> None:

@@ -78,14 +78,19 @@ def save(con, rec: RunRecord) -> None:
     from .warehouse import transaction
 
     with transaction(con):
-        con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-            rec.run_id, rec.started_at, rec.ended_at, rec.status, rec.git_commit, rec.git_dirty,
-            json.dumps(rec.params, sort_keys=True), rec.snapshot_id, json.dumps(rec.versions, sort_keys=True),
-            json.dumps(rec.metrics, sort_keys=True) if rec.metrics is not None else None, rec.model_version,
-            json.dumps(rec.gate, sort_keys=True, default=str) if rec.gate is not None else None, rec.error])
-        for t in rec.tasks:
-            con.execute("INSERT INTO run_tasks VALUES (?, ?, ?, ?)",
-                        [rec.run_id, t.name, t.status, round(t.seconds, 3)])
+        insert(con, rec)
+
+
+def insert(con, rec: RunRecord) -> None:
+    """The run record and its tasks, inside the caller's transaction."""
+    con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        rec.run_id, rec.started_at, rec.ended_at, rec.status, rec.git_commit, rec.git_dirty,
+        json.dumps(rec.params, sort_keys=True), rec.snapshot_id, json.dumps(rec.versions, sort_keys=True),
+        json.dumps(rec.metrics, sort_keys=True) if rec.metrics is not None else None, rec.model_version,
+        json.dumps(rec.gate, sort_keys=True, default=str) if rec.gate is not None else None, rec.error])
+    for t in rec.tasks:
+        con.execute("INSERT INTO run_tasks VALUES (?, ?, ?, ?)",
+                    [rec.run_id, t.name, t.status, round(t.seconds, 3)])
 
 
 def list_runs(con, limit: int = 20) -> list[dict]:

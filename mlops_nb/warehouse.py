@@ -50,14 +50,23 @@ CREATE TABLE IF NOT EXISTS runs (
     gate        JSON,                -- its decision: promoted or not, and why
     error       VARCHAR
 );
-CREATE TABLE IF NOT EXISTS model_versions (
+CREATE TABLE IF NOT EXISTS model_versions (  -- one trained artifact; written once, never rewritten
     version    VARCHAR PRIMARY KEY,  -- first 16 hex of the model file's sha256
     tag        VARCHAR NOT NULL,     -- BentoML tag name:version
     created_at TIMESTAMP NOT NULL,
-    run_id     VARCHAR,
+    run_id     VARCHAR,              -- the run that first registered it
     metrics    JSON NOT NULL,
     lineage    JSON NOT NULL,
-    gate       JSON                  -- the gate's decision and reasons
+    gate       JSON                  -- the first registration's decision (each run's is in model_registrations)
+);
+CREATE TABLE IF NOT EXISTS model_registrations (  -- one row a run that registered a version
+    version       VARCHAR NOT NULL,
+    run_id        VARCHAR NOT NULL,
+    registered_at TIMESTAMP NOT NULL,
+    metrics       JSON NOT NULL,
+    gate          JSON,
+    promoted      BOOLEAN NOT NULL,
+    PRIMARY KEY (version, run_id)
 );
 CREATE TABLE IF NOT EXISTS model_aliases (
     alias      VARCHAR PRIMARY KEY,  -- champion | challenger
@@ -74,6 +83,10 @@ CREATE TABLE IF NOT EXISTS alias_audit (  -- append-only
     reason       VARCHAR NOT NULL,
     actor        VARCHAR NOT NULL
 );
+CREATE TABLE IF NOT EXISTS warehouse_info (  -- one row: which warehouse this is
+    warehouse_id VARCHAR NOT NULL,
+    created_at   TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id  VARCHAR NOT NULL,
     task    VARCHAR NOT NULL,
@@ -82,6 +95,14 @@ CREATE TABLE IF NOT EXISTS run_tasks (
     PRIMARY KEY (run_id, task)
 );
 """
+# Columns added after the first release; a warehouse made before them gains them on its next write.
+MIGRATIONS = """
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS sha256 VARCHAR;
+ALTER TABLE alias_audit ADD COLUMN IF NOT EXISTS action VARCHAR;
+ALTER TABLE alias_audit ADD COLUMN IF NOT EXISTS run_id VARCHAR;
+"""
+# What a run may add (and a rollback removes): rows of these tables, keyed by the first column.
+ADDITIVE = {"snapshots": "snapshot_id", "feature_sets": "feature_set_id"}
 
 
 class WarehouseError(MlopsNbError):
@@ -104,10 +125,21 @@ def connect(write: bool = False, settings: config.Settings | None = None,
     con = _open(path, read_only=not write)
     try:
         if write:
-            con.execute(BOOKKEEPING)
+            _bookkeeping(con)
         yield con
     finally:
         con.close()
+
+
+def _bookkeeping(con) -> None:
+    con.execute(BOOKKEEPING)
+    con.execute(MIGRATIONS)
+    if con.execute("SELECT count(*) FROM warehouse_info").fetchone()[0] == 0:
+        import secrets
+        from datetime import datetime, timezone
+
+        con.execute("INSERT INTO warehouse_info VALUES (?, ?)",
+                    [secrets.token_hex(8), datetime.now(timezone.utc).replace(tzinfo=None)])
 
 
 def _open(path: Path, read_only: bool, attempts: int = 20) -> duckdb.DuckDBPyConnection:
@@ -170,3 +202,59 @@ def fingerprint_tables(path: Path) -> dict:
             n, h = con.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {q} AS t").fetchone()
             out[f"{schema}.{name}"] = (n, int(h))
         return out
+
+
+def inventory(con) -> dict:
+    """What the warehouse holds now, for a rollback to return to: its schemas, tables and views, and the
+    keys of the tables a run adds rows to."""
+    objects = con.execute("SELECT table_schema, table_name, table_type FROM information_schema.tables "
+                          "WHERE table_catalog = current_database()").fetchall()
+    out = {"schemas": sorted({s for s, *_ in objects} | _schemas(con)),
+           "objects": sorted(f"{s}.{n}" for s, n, _ in objects), "rows": {}}
+    for table, key in ADDITIVE.items():
+        if has_table(con, table):
+            out["rows"][table] = sorted(r[0] for r in con.execute(f"SELECT {key} FROM {table}").fetchall())
+    return out
+
+
+def _schemas(con) -> set[str]:
+    return {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata "
+                                      "WHERE catalog_name = current_database()").fetchall()}
+
+
+def undo_since(con, before: dict) -> list[str]:
+    """Remove what was added since ``inventory`` returned ``before``, in one transaction; returns what was
+    removed. A task adds schemas, tables and rows (snapshots, feature sets); it never rewrites them."""
+    removed = []
+    with transaction(con):
+        for table, key in ADDITIVE.items():
+            if not has_table(con, table):
+                continue
+            kept = set(before.get("rows", {}).get(table, []))
+            for (value,) in con.execute(f"SELECT {key} FROM {table}").fetchall():
+                if value not in kept:
+                    con.execute(f"DELETE FROM {table} WHERE {key} = ?", [value])
+                    removed.append(f"{table} row {value[:12]}")
+        objects = con.execute("SELECT table_schema, table_name, table_type FROM information_schema.tables "
+                              "WHERE table_catalog = current_database()").fetchall()
+        known = set(before.get("objects", []))
+        for schema, name, kind in objects:
+            if f"{schema}.{name}" not in known:
+                what = "VIEW" if kind == "VIEW" else "TABLE"
+                con.execute(f'DROP {what} IF EXISTS "{schema}"."{name}"')
+                removed.append(f"{what.lower()} {schema}.{name}")
+        for schema in sorted(_schemas(con) - set(before.get("schemas", []))):
+            con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            removed.append(f"schema {schema}")
+    return removed
+
+
+def warehouse_id(path: Path) -> str | None:
+    """The id the warehouse got when it was created (None: no warehouse there)."""
+    if not Path(path).exists():
+        return None
+    with connect(path=path) as con:
+        if not has_table(con, "warehouse_info"):
+            return None
+        row = con.execute("SELECT warehouse_id FROM warehouse_info").fetchone()
+        return row[0] if row else None

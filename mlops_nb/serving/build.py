@@ -41,27 +41,23 @@ def serve_command(settings: config.Settings, port: int, host: str = "127.0.0.1",
     return [bentoml_cli(), "serve", bento or SERVICE, "--host", host, "--port", str(port)]
 
 
-def pinned_tags(settings: config.Settings, purpose: str = "to build a Bento of") -> dict[str, str]:
+def pinned_models(settings: config.Settings, purpose: str = "to build a Bento of") -> dict[str, dict]:
     with warehouse.connect(settings=settings) as con:
-        current = registry.aliases(con)
-        if "champion" not in current:
-            raise registry.RegistryError(f"No champion {purpose}: run the pipeline first (`mlops-nb run`), "
-                                         "or promote a version (`mlops-nb models promote VERSION`).")
-        return {alias: registry.show(con, version)["tag"] for alias, version in current.items()}
+        return registry.served(con, purpose)
 
 
 def build(settings: config.Settings) -> str:
     """Build the Bento; returns its tag."""
-    tags = pinned_tags(settings)
+    models = pinned_models(settings)
     with tempfile.TemporaryDirectory(prefix="mlops-nb-bento-") as tmp:
         ctx = Path(tmp)
         shutil.copytree(PACKAGE_DIR, ctx / "mlops_nb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         for name in ("bentofile.yaml", "requirements.lock"):
             shutil.copy2(settings.root / name, ctx / name)
         shutil.copy2(settings.file, ctx / "settings.ini")
-        (ctx / "pinned.json").write_text(json.dumps({"models": tags}, indent=2, sort_keys=True))
+        (ctx / "pinned.json").write_text(json.dumps({"models": models}, indent=2, sort_keys=True))
         spec = (ctx / "bentofile.yaml").read_text()
-        spec += "models:\n" + "".join(f'  - "{tag}"\n' for tag in sorted(set(tags.values())))
+        spec += "models:\n" + "".join(f'  - "{tag}"\n' for tag in sorted({m["tag"] for m in models.values()}))
         (ctx / "bentofile.yaml").write_text(spec)
         res = subprocess.run([bentoml_cli(), "build", ".", "--output", "tag"], cwd=ctx, capture_output=True,
                              text=True, env=tool_env(settings), timeout=600)

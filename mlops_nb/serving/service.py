@@ -72,8 +72,8 @@ def pinned_path() -> Path:
     return Path(__file__).resolve().parents[2] / PINNED_FILE
 
 
-def resolve_tags(settings: config.Settings) -> dict[str, str]:
-    """alias -> exact BentoML tag: from pinned.json in a Bento, else from the registry."""
+def resolve_models(settings: config.Settings) -> dict[str, dict]:
+    """alias -> {"tag", "sha256"}: from pinned.json in a Bento, else from the registry."""
     pinned = pinned_path()
     if pinned.exists():
         return json.loads(pinned.read_text())["models"]
@@ -81,19 +81,15 @@ def resolve_tags(settings: config.Settings) -> dict[str, str]:
 
     try:
         with warehouse.connect(settings=settings) as con:
-            current = registry.aliases(con)
-            tags = {alias: registry.show(con, version)["tag"] for alias, version in current.items()}
+            return registry.served(con)
     except MlopsNbError as e:
         raise ServingError(f"Nothing to serve: {e}") from None
-    if "champion" not in tags:
-        raise ServingError("Nothing to serve: the registry has no champion. Run the pipeline first "
-                           "(`mlops-nb run`), or promote a version (`mlops-nb models promote VERSION`).")
-    return tags
 
 
-def load(tag: str) -> Loaded:
-    estimator, info = registry.load(tag)
-    return Loaded(tag, tag.split(":", 1)[1], estimator, info)
+def load(entry: dict) -> Loaded:
+    """A model as ``resolve_models`` names it, its file checked against the sha256 the registry recorded."""
+    estimator, info = registry.load(entry["tag"], entry["sha256"])
+    return Loaded(entry["tag"], entry["tag"].split(":", 1)[1], estimator, info)
 
 
 def arm_for(key: str, share: float) -> str:
@@ -134,7 +130,7 @@ class FlightDelay:
         # more than they save, and under CPU contention a region can stall for milliseconds.
         threadpool_limits(1)
         self.mode = SETTINGS.serving.mode
-        tags = resolve_tags(SETTINGS)
+        tags = resolve_models(SETTINGS)
         self.champion = load(tags["champion"])
         self.challenger = None
         if self.mode != "champion":

@@ -6,6 +6,7 @@
 # %% tags=["parameters"]
 upstream = ["train", "features"]
 product = None
+warehouse_file = "data/warehouse.duckdb"
 threshold = 0.5
 
 # %%
@@ -16,7 +17,7 @@ from mlops_nb import evaluation, features, model, products, warehouse
 feature_receipt = products.read_json(upstream["features"]["features"])
 train_info = products.read_json(upstream["train"]["info"])
 estimator = products.load_model(upstream["train"]["model"], train_info["model_sha256"])
-with warehouse.connect() as con:
+with warehouse.connect(path=warehouse_file) as con:
     test = features.load(con, feature_receipt["table_name"], ["test"])
 p = model.predict_proba(estimator, test)
 scores = evaluation.metrics(test.late, p, threshold)
@@ -46,6 +47,6 @@ evaluation.calibration_figure(test.late, p)
 # %%
 pd.DataFrame({"p_late": p}).to_parquet(product["predictions"], index=False)
 products.write_json(product["metrics"], {
-    "test": scores, "per_month": monthly.reset_index().to_dict(orient="records"),
+    products.RECEIPT_KEY: "metrics", "test": scores, "per_month": monthly.reset_index().to_dict(orient="records"),
     "predictions_sha256": evaluation.predictions_digest(p), "model_sha256": train_info["model_sha256"],
     "feature_set_id": feature_receipt["feature_set_id"], "snapshot_id": feature_receipt["snapshot_id"]})

@@ -8,6 +8,7 @@
 # %% tags=["parameters"]
 upstream = ["validate"]
 product = None
+warehouse_file = "data/warehouse.duckdb"
 train_months = "1-8"
 valid_months = "9-10"
 test_months = "11-12"
@@ -20,7 +21,7 @@ from mlops_nb import config, features, ingest, products, warehouse
 split = {"train": config.parse_months(train_months), "valid": config.parse_months(valid_months),
          "test": config.parse_months(test_months)}
 receipt = products.read_json(upstream["validate"]["report"])
-with warehouse.connect(write=True) as con:
+with warehouse.connect(write=True, path=warehouse_file) as con:
     snapshot = ingest.get_snapshot(con, receipt["snapshot_id"])
     feature_set = features.build(con, snapshot, split)
     by_month = con.execute(f"SELECT month, split, count(*) AS flights, avg(late) AS late_rate "

