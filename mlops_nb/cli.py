@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("build", help="build a Bento pinned to the current champion (offline); prints its tag")
 
+    gc = sub.add_parser("gc", help="remove data, models and products that nothing needs; print what is freed",
+                        description="Drop the warehouse data (snapshots, feature sets) that neither the current "
+                                    "products, the champion and challenger, nor the last gc.keep_runs successful "
+                                    "runs need (the lineage rows of every registered version stay), model-store "
+                                    "folders no registered version names, and products no task declares.")
+    gc.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    gc.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
     lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1, task notebooks (.py) opening as notebooks")
@@ -84,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
-                    "models": cmd_models, "serve": cmd_serve, "build": cmd_build}
-        if args.command in ("runs", "models", "serve", "build"):
+                    "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc}
+        if args.command in ("runs", "models", "serve", "build", "gc"):
             _recover_first()
         return commands[args.command](args)
     except MlopsNbError as e:
@@ -272,6 +280,26 @@ def cmd_models(args) -> int:
         for key, a, b in rows:
             mark = "" if a == b else "  *"
             print(f"{key:<{width}}  {str(a):<24} {str(b):<24}{mark}")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from . import config, gc, runner
+
+    settings = config.load()
+    with runner.run_lock(settings):
+        report = gc.collect(settings, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for item in report.items:
+        print(f"{verb} {item.kind} {item.name}: {gc.human(item.bytes)} ({item.detail})")
+    for why in report.kept.get("snapshots", []):
+        print(f"kept snapshot {why}")
+    total = f"{gc.human(report.freed)} {'to free' if args.dry_run else 'freed'}"
+    print(f"{len(report.items)} item(s), {total}; warehouse data in use {gc.human(report.warehouse_bytes_before)}"
+          + ("" if args.dry_run else f" -> {gc.human(report.warehouse_bytes_after)}"))
     return 0
 
 

@@ -35,6 +35,8 @@ ENV_CRASH_AT = "MLOPS_NB_CRASH_AT"
 def parse_months(text: str) -> tuple[int, ...]:
     """'1-3,7' -> (1, 2, 3, 7); the month lists of the split and the ingest sample."""
     months: list[int] = []
+    if isinstance(text, (list, tuple)):  # a task parameter: Ploomber hands month lists over as sequences
+        text = ",".join(str(m) for m in text)
     for part in str(text).replace(" ", "").split(","):
         if not part:
             continue
@@ -150,11 +152,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "profile_requests": Key("true", _bool, "true or false",
                                 "profile every request with whylogs and keep the prediction log"),
     },
+    "gc": {
+        "keep_runs": Key("5", _positive(int), "an integer > 0",
+                         "the data of this many most recent successful runs is kept by `mlops-nb gc`"),
+        "after_run": Key("true", _bool, "true or false",
+                         "collect what nothing needs after every successful run (the warehouse stays bounded)"),
+    },
     "pipeline": {
         "executor": Key("engine", _choice("engine", "papermill"), "one of 'engine', 'papermill'",
                         "engine: notebooks run in-process (fast); papermill: one kernel each (isolated)"),
         "reports": Key("true", _bool, "true or false", "render executed notebooks to HTML"),
-        "task_timeout": Key("3600", _positive(int), "seconds > 0", "a papermill cell running longer fails"),
+        "task_timeout": Key("3600", _positive(int), "seconds > 0",
+                            "a task running longer is stopped and the run rolls back"),
     },
 }
 

@@ -49,7 +49,8 @@ def build(con, snapshot, split: dict) -> FeatureSet:
     sql_sha = hashlib.sha256(text.encode()).hexdigest()
     fs_id = hashlib.sha256(json.dumps([snapshot.snapshot_id, sql_sha, options]).encode()).hexdigest()
     name = f"f_{fs_id[:12]}"
-    row = con.execute("SELECT row_counts FROM feature_sets WHERE feature_set_id = ?", [fs_id]).fetchone()
+    row = con.execute("SELECT row_counts FROM feature_sets WHERE feature_set_id = ? AND collected_at IS NULL",
+                      [fs_id]).fetchone()
     if row:
         return FeatureSet(fs_id, name, snapshot.snapshot_id, json.loads(row[0]), added=False)
     planes = (snapshot.table("planes") if has_table(con, "planes", snapshot.schema_name)
@@ -70,7 +71,8 @@ def build(con, snapshot, split: dict) -> FeatureSet:
                 f"The {', '.join(empty)} split(s) have no rows: the split months are {options} but the "
                 f"snapshot holds flights of months {months}. Set 'split.*_months' (or 'data.months') so "
                 "that every split gets some months.")
-        con.execute("INSERT INTO feature_sets VALUES (?, ?, ?, ?, ?, ?, ?)",
+        con.execute("INSERT OR REPLACE INTO feature_sets (feature_set_id, table_name, snapshot_id, sql_sha256, "
+                    "options, row_counts, created_at, collected_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                     [fs_id, name, snapshot.snapshot_id, sql_sha, json.dumps(options), json.dumps(counts),
                      datetime.now(timezone.utc).replace(tzinfo=None)])
     return FeatureSet(fs_id, name, snapshot.snapshot_id, counts, added=True)

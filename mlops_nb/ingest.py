@@ -102,8 +102,8 @@ def schema_name(snap_id: str) -> str:
 
 
 def get_snapshot(con, snap_id: str) -> Snapshot | None:
-    row = con.execute("SELECT schema_name, row_counts FROM snapshots WHERE snapshot_id = ?",
-                      [snap_id]).fetchone()
+    row = con.execute("SELECT schema_name, row_counts FROM snapshots WHERE snapshot_id = ? "
+                      "AND collected_at IS NULL", [snap_id]).fetchone()
     return Snapshot(snap_id, row[0], json.loads(row[1]), added=False) if row else None
 
 
@@ -160,7 +160,8 @@ def _load(con, settings, sources, hashes, snap_id, full_scan: set) -> Snapshot:
                 raise DataError(f"Cannot load {name} from {path}: {str(e).splitlines()[0]}") from None
             counts[name] = con.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0]
         con.execute(
-            "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO snapshots (snapshot_id, schema_name, source, inputs, options, row_counts, "
+            "created_at, collected_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
             [snap_id, schema, settings.data.source,
              json.dumps({n: {"file": str(p), "sha256": hashes[n], "bytes": p.stat().st_size}
                          for n, p in sources.items()}),

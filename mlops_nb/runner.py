@@ -229,6 +229,10 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
             _commit(settings, plan, record)
             crash_point("after-commit")
             moved = _finish(settings, j)
+            if settings.gc.after_run:
+                from . import gc
+
+                gc.collect(settings, plan=plan)
         names = {p.name for p in reports}
         return Outcome(record, stale, [p for p in moved if p.name in names])
     except BaseException as e:

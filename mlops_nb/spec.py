@@ -72,15 +72,14 @@ def load_yaml(path: Path) -> dict:
 
 
 def param_value(settings: config.Settings, dotted: str):
-    """The value a placeholder renders to: typed for scalars, the settings text for month lists, absolute
-    paths for ``paths.*`` (notebooks then work whatever the process's folder)."""
+    """The value a placeholder renders to: typed for scalars, a list of ints for month lists, absolute paths
+    for ``paths.*`` (notebooks then work whatever the process's folder)."""
     section, key = config.split_key(dotted)
     if section == "paths":
         return str(settings.path(key))
     value = settings.get(dotted)
-    if isinstance(value, tuple):
-        section, key = config.split_key(dotted)
-        return settings.raw[section][key]
+    if isinstance(value, tuple):  # months: a list (Ploomber would turn the text '1,2,3' into a tuple anyway)
+        return list(value)
     return value
 
 

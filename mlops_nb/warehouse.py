@@ -83,10 +83,7 @@ CREATE TABLE IF NOT EXISTS alias_audit (  -- append-only
     reason       VARCHAR NOT NULL,
     actor        VARCHAR NOT NULL
 );
-CREATE TABLE IF NOT EXISTS warehouse_info (  -- one row: which warehouse this is
-    warehouse_id VARCHAR NOT NULL,
-    created_at   TIMESTAMP NOT NULL
-);
+
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id  VARCHAR NOT NULL,
     task    VARCHAR NOT NULL,
@@ -100,6 +97,8 @@ MIGRATIONS = """
 ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS sha256 VARCHAR;
 ALTER TABLE alias_audit ADD COLUMN IF NOT EXISTS action VARCHAR;
 ALTER TABLE alias_audit ADD COLUMN IF NOT EXISTS run_id VARCHAR;
+ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS collected_at TIMESTAMP;     -- its tables dropped by gc
+ALTER TABLE feature_sets ADD COLUMN IF NOT EXISTS collected_at TIMESTAMP;  -- (the row, its lineage, stays)
 """
 # What a run may add (and a rollback removes): rows of these tables, keyed by the first column.
 ADDITIVE = {"snapshots": "snapshot_id", "feature_sets": "feature_set_id"}
@@ -134,12 +133,6 @@ def connect(write: bool = False, settings: config.Settings | None = None,
 def _bookkeeping(con) -> None:
     con.execute(BOOKKEEPING)
     con.execute(MIGRATIONS)
-    if con.execute("SELECT count(*) FROM warehouse_info").fetchone()[0] == 0:
-        import secrets
-        from datetime import datetime, timezone
-
-        con.execute("INSERT INTO warehouse_info VALUES (?, ?)",
-                    [secrets.token_hex(8), datetime.now(timezone.utc).replace(tzinfo=None)])
 
 
 def _open(path: Path, read_only: bool, attempts: int = 20) -> duckdb.DuckDBPyConnection:
@@ -213,7 +206,9 @@ def inventory(con) -> dict:
            "objects": sorted(f"{s}.{n}" for s, n, _ in objects), "rows": {}}
     for table, key in ADDITIVE.items():
         if has_table(con, table):
-            out["rows"][table] = sorted(r[0] for r in con.execute(f"SELECT {key} FROM {table}").fetchall())
+            rows = con.execute(f"SELECT {key}, collected_at IS NOT NULL FROM {table}").fetchall()
+            out["rows"][table] = sorted(r[0] for r in rows if not r[1])
+            out["collected"] = {**out.get("collected", {}), table: sorted(r[0] for r in rows if r[1])}
     return out
 
 
@@ -231,8 +226,12 @@ def undo_since(con, before: dict) -> list[str]:
             if not has_table(con, table):
                 continue
             kept = set(before.get("rows", {}).get(table, []))
-            for (value,) in con.execute(f"SELECT {key} FROM {table}").fetchall():
-                if value not in kept:
+            collected = set(before.get("collected", {}).get(table, []))
+            for value, is_collected in con.execute(f"SELECT {key}, collected_at IS NOT NULL FROM {table}").fetchall():
+                if value in collected and not is_collected:  # the run re-made collected data: collected again
+                    con.execute(f"UPDATE {table} SET collected_at = now() WHERE {key} = ?", [value])
+                    removed.append(f"{table} row {value[:12]} (re-made)")
+                elif value not in kept and value not in collected:
                     con.execute(f"DELETE FROM {table} WHERE {key} = ?", [value])
                     removed.append(f"{table} row {value[:12]}")
         objects = con.execute("SELECT table_schema, table_name, table_type FROM information_schema.tables "
@@ -249,12 +248,3 @@ def undo_since(con, before: dict) -> list[str]:
     return removed
 
 
-def warehouse_id(path: Path) -> str | None:
-    """The id the warehouse got when it was created (None: no warehouse there)."""
-    if not Path(path).exists():
-        return None
-    with connect(path=path) as con:
-        if not has_table(con, "warehouse_info"):
-            return None
-        row = con.execute("SELECT warehouse_id FROM warehouse_info").fetchone()
-        return row[0] if row else None
