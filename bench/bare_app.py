@@ -12,12 +12,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
-from mlops_nb import registry
+from mlops_nb import registry, warehouse
 from mlops_nb.model import predict_proba
 from mlops_nb.transforms import RECORD
 
 threadpool_limits(1)  # as the service does: the same model, configured the same way
-estimator, info = registry.load(sys.argv[1])
+with warehouse.connect() as con:
+    estimator, info = registry.load_version(con, sys.argv[1])
 VERSION = sys.argv[1].split(":")[1]
 
 

@@ -34,6 +34,9 @@ class Journal:
     warehouse_before: dict = field(default_factory=dict)
     state_after: dict | None = None
     children: list[int] = field(default_factory=list)
+    started_at: str | None = None
+    params: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)   # task -> [last event, seconds]: where a killed run was
 
     def save(self, settings: config.Settings) -> None:
         _write_durably(journal_path(settings), json.dumps(asdict(self), indent=1, sort_keys=True))

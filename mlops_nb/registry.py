@@ -150,6 +150,13 @@ def load(tag: str, sha256: str, store=None):
     return load_model(d / MODEL_FILE, sha256), info
 
 
+def load_version(con, name: str, store=None):
+    """The estimator and info of a version or alias, checked against the sha256 the registry recorded."""
+    version = resolve(con, name)
+    tag = con.execute("SELECT tag FROM model_versions WHERE version = ?", [version]).fetchone()[0]
+    return load(tag, expected_sha256(con, version), store)
+
+
 def expected_sha256(con, version: str) -> str:
     """The model file's sha256 as recorded when the version was registered."""
     row = con.execute("SELECT coalesce(sha256, json_extract_string(lineage, '$.model_sha256')) "

@@ -129,9 +129,17 @@ def recover(settings: config.Settings) -> str | None:
     if _committed(settings, j.run_id):
         _finish(settings, j)
         return f"Recovered: run {j.run_id} was stopped after it committed; its state and reports are now in place."
-    undone = _undo(settings, j, f"killed while {j.phase}; rolled back by the next command")
-    return (f"Recovered: run {j.run_id} was killed while {j.phase}; rolled back "
+    where = _where(j)
+    undone = _undo(settings, j, f"killed while {where}; rolled back by the next command")
+    return (f"Recovered: run {j.run_id} was killed while {where}; rolled back "
             f"({'; '.join(undone) if undone else 'nothing had changed'}).")
+
+
+def _where(j: journal.Journal) -> str:
+    running = [name for name, (event, _) in j.tasks.items() if event == "start"]
+    if j.phase == "running" and running:
+        return f"running task {running[-1]}"
+    return {"running": "running", "committing": "committing", "restoring": "rolling back"}.get(j.phase, j.phase)
 
 
 def _committed(settings, run_id: str) -> bool:
@@ -187,7 +195,8 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
     from . import pipeline, warehouse
 
     products_dir = settings.path("products_dir")
-    j = journal.Journal(record.run_id, os.getpid(), "preparing", products_dir.exists())
+    j = journal.Journal(record.run_id, os.getpid(), "preparing", products_dir.exists(),
+                        started_at=record.started_at.isoformat(), params=record.params)
     shutil.rmtree(journal.scratch_dir(settings), ignore_errors=True)
     j.save(settings)
     crash_point("preparing")
@@ -202,10 +211,20 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
     j.save(settings)
     crash_point("running")
     tokens = {n: spec.token(plan, state, n, n in stale, record.run_id) for n in plan.tasks}
+    seen: dict[str, tuple[str, float]] = {}
+
+    def tracked(name: str, event: str, seconds: float) -> None:
+        seen[name] = (event, seconds)
+        j.tasks = dict(seen)
+        j.save(settings)
+        report = _rendering(renderer, plan, progress)
+        if report:
+            report(name, event, seconds)
+
     try:
         with config.override(settings, {config.ENV_RUN_ID: record.run_id}):
             dag = pipeline.build_dag(plan, tokens, settings.pipeline.executor, settings.pipeline.task_timeout)
-            result = pipeline.execute(dag, target=target, progress=_rendering(renderer, plan, progress),
+            result = pipeline.execute(dag, target=target, progress=tracked,
                                       task_timeout=settings.pipeline.task_timeout)
         record.tasks = [t for t in result.tasks if t.name in scope]
         if not result.ok:
@@ -243,11 +262,21 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
                 _finish(settings, j)
                 raise
             record.status = "running"
+            record.tasks = _tasks_so_far(scope, seen)
             why = str(e) if isinstance(e, (MlopsNbError, RunInterrupted)) else f"{type(e).__name__}: {e}"
             undone = _undo(settings, j, why, record)
         if isinstance(e, RunInterrupted):
             e.undone = undone
         raise
+
+
+def _tasks_so_far(scope: list[str], seen: dict) -> list:
+    """The task table of a run stopped half-way: what ran, the task it stopped in, what never started."""
+    from .pipeline import TaskResult
+
+    status = {"ran": "ran", "failed": "failed", "start": "failed"}
+    return [TaskResult(n, status[seen[n][0]], seen[n][1]) if n in seen else TaskResult(n, "not-run")
+            for n in scope]
 
 
 def _commit(settings, plan, record) -> None:
@@ -257,7 +286,8 @@ def _commit(settings, plan, record) -> None:
     gate = _receipt(plan, "gate")
     with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
         if gate is not None and record.model_version is not None and _ran(record, gate[0]):
-            registry.record_gate(con, gate[1]["tag"], gate[1]["info"], gate[1]["decision"], record.run_id)
+            decision = {k: v for k, v in gate[1].items() if k not in ("info", products.RECEIPT_KEY)}
+            registry.record_gate(con, gate[1]["tag"], gate[1]["info"], decision, record.run_id)
             record.gate["aliases"] = registry.aliases(con)
         runs.insert(con, record)
 
@@ -310,7 +340,11 @@ def _undo(settings, j: journal.Journal, why: str, record: runs.RunRecord | None 
             shutil.rmtree(products_dir)
             undone.append(f"products: removed {products_dir}")
         if record is None:
-            record = runs.RunRecord(j.run_id, runs.now(), params={})
+            from datetime import datetime
+
+            started = datetime.fromisoformat(j.started_at) if j.started_at else runs.now()
+            record = runs.RunRecord(j.run_id, started, params=j.params or {})
+            record.tasks = _tasks_so_far(list(j.tasks), j.tasks)
         record.status, record.error, record.ended_at = "failed", why, runs.now()
         if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
             runs.save(con, record)
@@ -406,10 +440,10 @@ def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
     if (found := _receipt(plan, "metrics")) is not None:
         record.metrics = found[1].get("test", found[1])
     if (found := _receipt(plan, "gate")) is not None:
-        decision = found[1]["decision"]
-        record.model_version = found[1]["tag"].split(":", 1)[1]
+        decision = found[1]
+        record.model_version = decision["version"]
         record.gate = {"promote": decision.get("promote"), "reasons": decision.get("reasons"),
-                       "aliases": found[1].get("aliases")}
+                       "aliases": decision.get("aliases")}
 
 
 def _save(settings: config.Settings, record: runs.RunRecord) -> None:

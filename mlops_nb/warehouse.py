@@ -230,10 +230,9 @@ def undo_since(con, before: dict) -> list[str]:
             for value, is_collected in con.execute(f"SELECT {key}, collected_at IS NOT NULL FROM {table}").fetchall():
                 if value in collected and not is_collected:  # the run re-made collected data: collected again
                     con.execute(f"UPDATE {table} SET collected_at = now() WHERE {key} = ?", [value])
-                    removed.append(f"{table} row {value[:12]} (re-made)")
                 elif value not in kept and value not in collected:
                     con.execute(f"DELETE FROM {table} WHERE {key} = ?", [value])
-                    removed.append(f"{table} row {value[:12]}")
+        new_schemas = sorted(_schemas(con) - set(before.get("schemas", [])))
         objects = con.execute("SELECT table_schema, table_name, table_type FROM information_schema.tables "
                               "WHERE table_catalog = current_database()").fetchall()
         known = set(before.get("objects", []))
@@ -241,8 +240,9 @@ def undo_since(con, before: dict) -> list[str]:
             if f"{schema}.{name}" not in known:
                 what = "VIEW" if kind == "VIEW" else "TABLE"
                 con.execute(f'DROP {what} IF EXISTS "{schema}"."{name}"')
-                removed.append(f"{what.lower()} {schema}.{name}")
-        for schema in sorted(_schemas(con) - set(before.get("schemas", []))):
+                if schema not in new_schemas:
+                    removed.append(f"{schema}.{name}")
+        for schema in new_schemas:
             con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             removed.append(f"schema {schema}")
     return removed

@@ -36,9 +36,9 @@ MODEL_TESTS = textwrap.dedent("""
     import numpy as np
     from mlops_nb import features, gate, model, registry, warehouse
 
-    estimator, info = registry.load(sys.argv[1])
     receipt = json.load(open("data/products/features.json"))
     with warehouse.connect() as con:
+        estimator, info = registry.load_version(con, sys.argv[1])
         test = features.load(con, receipt["table_name"], ["test"])
 
     def trained(rows):

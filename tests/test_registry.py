@@ -292,7 +292,7 @@ ROUND_TRIP = textwrap.dedent("""
     products_model = "data/products/model.joblib"
     digest = hashlib.sha256(open(products_model, "rb").read()).hexdigest()
     tag = f"{sys.argv[1]}:{digest[:16]}"
-    estimator, info = registry.load(tag)
+    estimator, info = registry.load(tag, digest)
     rows = pd.read_json(sys.argv[2], orient="records", convert_dates=False)
     print(json.dumps({"tag": tag, "sha256": digest, "info_sha256": info["model_sha256"],
                       "stored": model.predict_proba(estimator, rows).tolist(),

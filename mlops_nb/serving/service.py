@@ -120,6 +120,7 @@ if not pinned_path().exists():  # a Bento's models come from the Bento, not the 
 @bentoml.service(
     name="flight_delay",
     workers=1,
+    http={"host": "127.0.0.1"},  # a plain `bentoml serve` binds loopback only; `--host 0.0.0.0` to expose
     traffic={"timeout": 60},
     logging={"access": {"enabled": SETTINGS.serving.access_log}},
     tracing={"excluded_urls": API_ROUTES},

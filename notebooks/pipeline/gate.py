@@ -65,5 +65,5 @@ tag = registry.save(upstream["train"]["model"], info, gate.reference_profiles(tr
 print(f"saved {tag}")
 
 # %%
-products.write_json(product["decision"], {products.RECEIPT_KEY: "gate", "decision": decision, "tag": tag,
-                                          "info": info})
+products.write_json(product["decision"], {**decision, products.RECEIPT_KEY: "gate", "tag": tag,
+                                          "version": tag.split(":", 1)[1], "info": info})
