@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import config
+from .. import config
 from .contracts import CONTRACTS, FILTER_COLUMNS, family_of
-from .errors import DataError
+from ..errors import DataError
 
 INGEST_FORMAT = 1  # bump when the way files become tables changes: snapshots then get new ids
 SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zip")

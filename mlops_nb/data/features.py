@@ -1,7 +1,7 @@
 """Feature sets: ``sql/features.sql`` run over a snapshot, stored content-addressed in the warehouse.
 
 The SQL assembles one row a flight in the shape the service receives; the derived features (hour, day
-of week, ...) are computed by ``mlops_nb.transforms`` inside the model, so training and serving share
+of week, ...) are computed by ``mlops_nb.lib.transforms`` inside the model, so training and serving share
 one implementation.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
-from .errors import DataError
+from ..errors import DataError
 from .warehouse import has_table, transaction
 
 SQL_FILE = "features.sql"
@@ -21,7 +21,7 @@ SPLITS = ("train", "valid", "test")
 
 
 def sql_text() -> str:
-    return resources.files("mlops_nb").joinpath("sql", SQL_FILE).read_text(encoding="utf-8")
+    return resources.files("mlops_nb.data").joinpath("sql", SQL_FILE).read_text(encoding="utf-8")
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Iterator
 
 import duckdb
 
-from . import config
-from .errors import MlopsNbError, NotFoundError
+from .. import config
+from ..errors import MlopsNbError, NotFoundError
 
 BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS snapshots (

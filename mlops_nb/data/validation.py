@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .contracts import CONTRACTS, Table, family_of
-from .errors import ValidationFailed
+from ..errors import ValidationFailed
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import config  # noqa: F401  (sets WHYLOGS_NO_ANALYTICS before whylogs is imported)
+from .. import config  # noqa: F401  (sets WHYLOGS_NO_ANALYTICS before whylogs is imported)
 from .contracts import Table
 
 
