@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Features
-# `mlops_nb/sql/features.sql` turns the validated snapshot into one row a flight: schedule, route, carrier,
+# `mlops_nb/data/sql/features.sql` turns the validated snapshot into one row a flight: schedule, route, carrier,
 # plane and the weather at the origin in the scheduled hour, with the label `late` (arrival more than 15
 # minutes behind schedule) and the split each month belongs to. Cancelled and diverted flights have no
 # arrival and so no label: they are dropped and counted.
@@ -15,7 +15,9 @@ test_months = "11-12"
 # %%
 import pandas as pd
 
-from mlops_nb import config, features, ingest, products, warehouse
+from mlops_nb import config
+from mlops_nb.data import features, ingest, warehouse
+from mlops_nb.run import products
 
 split = {"train": config.parse_months(train_months), "valid": config.parse_months(valid_months),
          "test": config.parse_months(test_months)}

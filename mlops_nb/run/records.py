@@ -75,7 +75,7 @@ class RunRecord:
 
 
 def save(con, rec: RunRecord) -> None:
-    from .warehouse import transaction
+    from ..data.warehouse import transaction
 
     with transaction(con):
         con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
@@ -89,7 +89,7 @@ def save(con, rec: RunRecord) -> None:
 
 
 def list_runs(con, limit: int = 20) -> list[dict]:
-    from .warehouse import has_table, records
+    from ..data.warehouse import has_table, records
 
     if not has_table(con, "runs"):
         return []

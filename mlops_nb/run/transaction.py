@@ -2,10 +2,10 @@
 
 The order of a run:
 1. take the project's run lock (a second run is refused, naming the first one's pid);
-2. fingerprint the tasks (``spec``) and, when nothing is stale, record an up-to-date run and stop, never
+2. fingerprint the tasks (``plan``) and, when nothing is stale, record an up-to-date run and stop, never
    importing Ploomber, pandas or scikit-learn;
 3. copy the warehouse to a staging file and back up the products folder;
-4. build with Ploomber (``pipeline``), notebooks writing to the staging warehouse;
+4. build with Ploomber (``dag``), notebooks writing to the staging warehouse;
 5. on success, move the staging file over the warehouse, save the fingerprints, render reports;
    on failure, drop the staging file and restore the products: the warehouse, the products and the
    reports are as they were;
@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import config, products, runs, spec
-from .errors import MlopsNbError, RunLockedError
+from .. import config
+from . import plan as spec
+from . import products
+from . import records as runs
+from ..errors import MlopsNbError, RunLockedError
 
 LOCK_FILE = ".run.lock"
 
@@ -63,7 +66,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
     with run_lock(settings):
         plan = spec.load_plan(settings)
         if target is not None and target not in plan.tasks:
-            from .errors import NotFoundError, did_you_mean
+            from ..errors import NotFoundError, did_you_mean
             raise NotFoundError(f"No task named {target!r}; the tasks are {plan.order()}."
                                 f"{did_you_mean(target, plan.tasks)}")
         scope = _closure(plan, target) if target else plan.order()
@@ -71,7 +74,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
         record.git_commit, record.git_dirty = runs.git_info(settings.root)
         record.versions = runs.library_versions()
         if not stale and not force:
-            from .pipeline import TaskResult
+            from .dag import TaskResult
 
             record.status = "up-to-date"
             record.tasks = [TaskResult(n, "skipped") for n in scope]
@@ -83,7 +86,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
 
 
 def _build(settings, plan, record, stale, force, target, scope, progress) -> Outcome:
-    from . import pipeline
+    from . import dag as pipeline
 
     warehouse = settings.path("warehouse")
     staging = warehouse.with_name(warehouse.name + ".staging")
@@ -208,7 +211,7 @@ def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
 
 
 def _save(settings: config.Settings, record: runs.RunRecord) -> None:
-    from . import warehouse
+    from ..data import warehouse
 
     with warehouse.connect(write=True, settings=settings) as con:
         runs.save(con, record)

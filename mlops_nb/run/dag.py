@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MlopsNbError, NotFoundError, PipelineError, did_you_mean
+from ..errors import MlopsNbError, NotFoundError, PipelineError, did_you_mean
 
 
 def _import_ploomber():
@@ -234,7 +234,7 @@ def _explain(task_name, exc, failure, dag) -> MlopsNbError:
 
 def _from_kernel(chain) -> MlopsNbError | None:
     """One of our errors raised in a papermill kernel arrives as its class name and message only."""
-    from . import errors
+    from .. import errors
 
     remote = next((c for c in chain if hasattr(c, "ename") and hasattr(c, "evalue")), None)
     cls = getattr(errors, getattr(remote, "ename", ""), None)

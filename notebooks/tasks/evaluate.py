@@ -11,7 +11,9 @@ threshold = 0.5
 # %%
 import pandas as pd
 
-from mlops_nb import evaluation, features, model, products, warehouse
+from mlops_nb.data import features, warehouse
+from mlops_nb.lib import evaluation, model
+from mlops_nb.run import products
 
 feature_receipt = products.read_json(upstream["features"]["features"])
 train_info = products.read_json(upstream["train"]["info"])

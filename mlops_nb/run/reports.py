@@ -4,7 +4,7 @@ During a run, a ``Renderer`` child process renders each task's notebook as soon 
 the next tasks run (nbconvert's import and its rendering cost ~2 s of one core, and a run leaves a core
 idle much of the time). The reports land in ``reports/`` only when the run succeeds.
 
-    python -m mlops_nb.reports STAGING_DIR      # the child: reads "<notebook>\t<name>" lines
+    python -m mlops_nb.run.reports STAGING_DIR      # the child: reads "<notebook>\t<name>" lines
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class Renderer:
         Path(parent).mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix="mlops-nb-reports-", dir=parent))
         self.submitted: list[tuple[Path, str]] = []
-        self._proc = subprocess.Popen([sys.executable, "-m", "mlops_nb.reports", str(self.staging)],
+        self._proc = subprocess.Popen([sys.executable, "-m", "mlops_nb.run.reports", str(self.staging)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       text=True)
 

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Validate
-# The snapshot is checked against its data contracts (`mlops_nb/contracts.py`) twice: exact SQL counts of
+# The snapshot is checked against its data contracts (`mlops_nb/data/contracts.py`) twice: exact SQL counts of
 # broken rows, and whylogs constraints on each table's profile. An error-level rule stops the run here,
 # before anything is trained; warnings are listed and the run goes on.
 
@@ -11,8 +11,9 @@ product = None
 # %%
 import pandas as pd
 
-from mlops_nb import ingest, products, profiles, validation, warehouse
-from mlops_nb.contracts import CONTRACTS
+from mlops_nb.data import ingest, profiles, validation, warehouse
+from mlops_nb.data.contracts import CONTRACTS
+from mlops_nb.run import products
 
 receipt = products.read_json(upstream["ingest"]["snapshot"])
 with warehouse.connect() as con:

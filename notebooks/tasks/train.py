@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Train
-# Fits the model (`mlops_nb.model`, exported from `notebooks/lib/01_model.ipynb`) on the train months
+# Fits the model (`mlops_nb.lib.model`, exported from `notebooks/lib/01_model.ipynb`) on the train months
 # and checks it on the validation months. Every random choice comes from `seed`.
 
 # %% tags=["parameters"]
@@ -20,7 +20,10 @@ import time
 
 import pandas as pd
 
-from mlops_nb import config, evaluation, features, model, products, runs, warehouse
+from mlops_nb import config
+from mlops_nb.data import features, warehouse
+from mlops_nb.lib import evaluation, model
+from mlops_nb.run import products, records
 
 feature_receipt = products.read_json(upstream["features"]["features"])
 with warehouse.connect() as con:
@@ -53,4 +56,4 @@ products.write_json(product["info"], {
                    l2_regularization=l2_regularization, c=c),
     "feature_set_id": feature_receipt["feature_set_id"], "snapshot_id": feature_receipt["snapshot_id"],
     "rows": {"train": len(train), "valid": len(valid), "train_scored": len(scored["train"])}, "metrics": scores,
-    "lineage": runs.lineage(config.get_settings().root)})
+    "lineage": records.lineage(config.get_settings().root)})

@@ -3,7 +3,7 @@
 A task's fingerprint hashes everything its result depends on: its notebook's text, its parameters, its
 product paths, the source files it ingests, the ``mlops_nb`` modules (and SQL files) its notebook
 imports, and its upstream tasks' fingerprints. Ploomber sees none of the data or module changes on its
-own; ``pipeline`` passes the two hashes to it as parameters so that both agree on what is stale. When
+own; ``dag`` passes the two hashes to it as parameters so that both agree on what is stale. When
 every fingerprint matches the last successful run and every product exists, nothing is stale, and that
 is decided here in a fraction of a second (``import ploomber`` alone takes seconds).
 """
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config
-from .errors import PipelineError, SettingsError
+from .. import config
+from ..errors import PipelineError, SettingsError
 
 SPEC_FILE = "pipeline.yaml"
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 STATE_FILE = ".mlops-nb-state.json"
 
 
@@ -118,8 +118,19 @@ def parameters_cell(source: Path) -> dict:
                         "before the cell that declares upstream, product and the task's parameters.")
 
 
-def imported_modules(text: str) -> set[str]:
-    """Names of mlops_nb modules a piece of Python imports (absolutely, or relatively inside the package)."""
+def module_file(name: str) -> Path | None:
+    """The file of the mlops_nb module ``name`` ('config', 'data.features', 'registry': its __init__.py)."""
+    base = PACKAGE_DIR.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def imported_modules(text: str, package: str = "") -> set[str]:
+    """Dotted names below mlops_nb ('config', 'data.features') of the modules a piece of Python imports
+    (absolutely, or relatively inside the package: ``package`` is then the subpackage the text is a module
+    of, '' for the package's top)."""
     try:
         tree = ast.parse(text)
     except SyntaxError:
@@ -127,16 +138,22 @@ def imported_modules(text: str) -> set[str]:
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("mlops_nb."))
+            found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("mlops_nb."))
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
-            if module == "mlops_nb" or (node.level == 1 and not module):
-                found.update(a.name for a in node.names)
-            elif module.startswith("mlops_nb."):
-                found.add(module.split(".")[1])
-            elif node.level == 1:
-                found.add(module.split(".")[0])
-    return {m for m in found if (PACKAGE_DIR / f"{m}.py").is_file()}
+            if node.level:
+                parts = package.split(".") if package else []
+                if node.level - 1 > len(parts):
+                    continue
+                base = ".".join(parts[:len(parts) - (node.level - 1)] + ([module] if module else []))
+            elif module == "mlops_nb" or module.startswith("mlops_nb."):
+                base = module[len("mlops_nb."):]
+            else:
+                continue
+            for a in node.names:  # a module (or subpackage) of base, or a name inside base
+                name = f"{base}.{a.name}" if base else a.name
+                found.add(name if module_file(name) else base)
+    return {m for m in found if m and module_file(m)}
 
 
 def code_hash(notebook_text: str) -> str:
@@ -150,19 +167,21 @@ def code_hash(notebook_text: str) -> str:
         if name in seen:
             continue
         seen.add(name)
-        text = (PACKAGE_DIR / f"{name}.py").read_text(encoding="utf-8")
-        todo.extend(sorted(imported_modules(text) - seen))
+        path = module_file(name)
+        text = path.read_text(encoding="utf-8")
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        todo.extend(sorted(imported_modules(text, package) - seen))
         for literal in re.findall(r"""["']([\w./-]+\.sql)["']""", text):
             for f in sorted(PACKAGE_DIR.rglob(Path(literal).name)):
                 h.update(f"{f.relative_to(PACKAGE_DIR)}\0".encode() + f.read_bytes())
     for name in sorted(seen):
-        h.update(f"{name}\0".encode() + (PACKAGE_DIR / f"{name}.py").read_bytes())
+        h.update(f"{name}\0".encode() + module_file(name).read_bytes())
     return h.hexdigest()
 
 
 def load_plan(settings: config.Settings, spec_path: Path | None = None) -> Plan:
     """The rendered spec of an mlops-nb project with every task's fingerprint."""
-    from . import ingest
+    from ..data import ingest
 
     spec_path = spec_path or settings.root / SPEC_FILE
     if not spec_path.is_file():
@@ -193,7 +212,7 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None) -> Plan:
     for t in rendered_tasks:
         for u in t.upstream:
             if u not in names:
-                from .errors import did_you_mean
+                from ..errors import did_you_mean
                 raise PipelineError(f"Task {t.name!r} ({t.source.name}) declares upstream {u!r}, which is not "
                                     f"a task of {spec_path.name}.{did_you_mean(u, names)}")
     for task in _toposort(rendered_tasks):

@@ -15,8 +15,12 @@ threshold = 0.5
 # %%
 import pandas as pd
 
-from mlops_nb import config, evaluation, features, gate, model, products, profiles, registry, warehouse
-from mlops_nb.transforms import RECORD
+from mlops_nb import config, registry
+from mlops_nb.data import features, profiles, warehouse
+from mlops_nb.lib import evaluation, model
+from mlops_nb.lib.transforms import RECORD
+from mlops_nb.registry import gate
+from mlops_nb.run import products
 
 train_info = products.read_json(upstream["train"]["info"])
 metrics = products.read_json(upstream["evaluate"]["metrics"])

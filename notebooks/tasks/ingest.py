@@ -14,7 +14,9 @@ months = "1-12"
 # %%
 import pandas as pd
 
-from mlops_nb import config, ingest, products, warehouse
+from mlops_nb import config
+from mlops_nb.data import ingest, warehouse
+from mlops_nb.run import products
 
 settings = config.get_settings().replace(
     {"data.source": source, "data.flights": flights, "data.weather": weather, "data.months": months})

@@ -55,7 +55,7 @@ def load_model(path, sha256: str | None = None):
 
     import joblib
 
-    from .errors import DataError
+    from ..errors import DataError
 
     data = Path(path).read_bytes()
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
