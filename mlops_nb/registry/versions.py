@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config
-from .errors import MlopsNbError, NotFoundError, did_you_mean
+from .. import config
+from ..errors import MlopsNbError, NotFoundError, did_you_mean
 
 ALIASES = ("champion", "challenger")
 MODEL_FILE = "model.joblib"
@@ -104,7 +104,7 @@ def model_dir(tag: str, settings: config.Settings | None = None) -> Path:
 
 def load(tag: str, settings: config.Settings | None = None):
     """The fitted estimator and its info, checked against the recorded sha256."""
-    from .products import load_model
+    from ..run.products import load_model
 
     d = model_dir(tag, settings)
     info = json.loads((d / INFO_FILE).read_text())
@@ -113,7 +113,7 @@ def load(tag: str, settings: config.Settings | None = None):
 
 def register(con, tag: str, info: dict, gate: dict | None, run_id: str | None = None) -> str:
     """Record a stored model in the registry tables (idempotent); returns its version."""
-    from .runs import now
+    from ..run.records import now
 
     version = tag.split(":", 1)[1]
     exists = con.execute("SELECT 1 FROM model_versions WHERE version = ?", [version]).fetchone()
@@ -153,14 +153,14 @@ def resolve(con, name: str) -> str:
 def set_alias(con, alias: str, version: str | None, reason: str, actor: str = "cli") -> str | None:
     """Point ``alias`` at ``version`` (None removes it) and append the audit row, in one transaction.
     Returns the version it pointed at before."""
-    from .warehouse import transaction
+    from ..data.warehouse import transaction
 
     with transaction(con):
         return _set_alias(con, alias, version, reason, actor)
 
 
 def _set_alias(con, alias, version, reason, actor):
-    from .runs import now
+    from ..run.records import now
 
     if alias not in ALIASES:
         raise RegistryError(f"The 'alias' must be one of {ALIASES}; got {alias!r} instead."
@@ -182,7 +182,7 @@ def promote(con, version: str, alias: str = "champion", reason: str = "promoted 
             actor: str = "cli") -> str | None:
     """Make ``version`` the champion (or challenger). Promoting the challenger to champion ends a rollout:
     the challenger alias is removed in the same transaction."""
-    from .warehouse import transaction
+    from ..data.warehouse import transaction
 
     version = resolve(con, version)
     with transaction(con):
@@ -206,7 +206,7 @@ def rollback(con, alias: str = "champion", actor: str = "cli") -> tuple[str, str
 
 
 def versions(con) -> list[dict]:
-    from .warehouse import records
+    from ..data.warehouse import records
 
     rows = records(con, "SELECT * FROM model_versions ORDER BY created_at DESC, version")
     current = aliases(con)
@@ -222,7 +222,7 @@ def show(con, name: str) -> dict:
 
 
 def audit(con, limit: int = 50) -> list[dict]:
-    from .warehouse import records
+    from ..data.warehouse import records
 
     rows = records(con, "SELECT * FROM alias_audit ORDER BY seq DESC LIMIT ?", [limit])
     for r in rows:
