@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import config, registry, warehouse
+from .. import config, registry
+from ..data import warehouse
 from ..errors import MlopsNbError
 
 SERVICE = "mlops_nb.serving.service:FlightDelay"
