@@ -13,8 +13,8 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from mlops_nb import registry
-from mlops_nb.model import predict_proba
-from mlops_nb.transforms import RECORD
+from mlops_nb.lib.model import predict_proba
+from mlops_nb.lib.transforms import RECORD
 
 threadpool_limits(1)  # as the service does: the same model, configured the same way
 estimator, info = registry.load(sys.argv[1])
