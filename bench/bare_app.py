@@ -12,9 +12,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
-from mlops_nb import registry, warehouse
-from mlops_nb.model import predict_proba
-from mlops_nb.transforms import RECORD
+from mlops_nb import registry
+from mlops_nb.data import warehouse
+from mlops_nb.lib.model import predict_proba
+from mlops_nb.lib.transforms import RECORD
 
 threadpool_limits(1)  # as the service does: the same model, configured the same way
 with warehouse.connect() as con:

@@ -29,7 +29,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ("settings.ini", "pipeline.yaml", "notebooks/pipeline")
+PROJECT_FILES = ("settings.ini", "pipeline.yaml", "notebooks/tasks")
 
 
 def make_project(dest: Path) -> Path:
@@ -70,7 +70,8 @@ def plain_env_yaml(project: Path, overrides: dict[str, str] | None = None) -> No
     """env.yaml for plain Ploomber: the same values mlops-nb renders into pipeline.yaml's placeholders."""
     import yaml
 
-    from mlops_nb import config, spec
+    from mlops_nb import config
+    from mlops_nb.run import plan as spec
 
     settings = config.load(project / "settings.ini", overrides=overrides, environ={})
     env: dict = {}
@@ -84,7 +85,8 @@ def replicate_flights(k: int, dest: Path) -> Path:
     """flights x k as Parquet (the copies keep their months, so every split grows k times)."""
     import duckdb
 
-    from mlops_nb import config, ingest
+    from mlops_nb import config
+    from mlops_nb.data import ingest
 
     src = ingest.resolve_sources(config.load(ROOT / "settings.ini", environ={}))["flights"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -149,7 +149,7 @@ def main() -> int:
         tmp = Path(tmp)
         project = tmp / "project"
         project.mkdir()
-        for rel in ("settings.ini", "pipeline.yaml", "notebooks/pipeline"):
+        for rel in ("settings.ini", "pipeline.yaml", "notebooks/tasks"):
             src = ROOT / rel
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, project / rel)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "BENTOML_HOME"))}

@@ -3,21 +3,23 @@
 Modules:
 
 - `mlops_nb.config`: The one Settings object: loaded once from settings.ini, MLOPS_NB_* overrides, validated on load.
-- `mlops_nb.contracts`: Data contracts: what each raw table must look like before anything is trained on it.
+- `mlops_nb.data.contracts`: Data contracts: what each raw table must look like before anything is trained on it.
+- `mlops_nb.data.features`: Feature sets: ``sql/features.sql`` run over a snapshot, stored content-addressed in the warehouse.
+- `mlops_nb.data.ingest`: Sources -> immutable, content-addressed snapshots in the warehouse.
+- `mlops_nb.data.warehouse`: DuckDB warehouse: short-lived connections, the bookkeeping tables, and nothing else.
 - `mlops_nb.errors`: Our exception tree.
-- `mlops_nb.features`: Feature sets: ``sql/features.sql`` run over a snapshot, stored content-addressed in the warehouse.
-- `mlops_nb.gate`: The promotion gate: model tests, and the decision whether a new model may replace the champion.
-- `mlops_nb.ingest`: Sources -> immutable, content-addressed snapshots in the warehouse.
-- `mlops_nb.pipeline`: The only module that imports Ploomber: build the DAG from a rendered spec, run it, report per task.
-- `mlops_nb.registry`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
-- `mlops_nb.reports`: Executed notebooks -> self-contained HTML without code cells, readable offline.
-- `mlops_nb.runner`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does.
-- `mlops_nb.serving.build`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
+- `mlops_nb.registry.gate`: The promotion gate: model tests, and the decision whether a new model may replace the champion.
+- `mlops_nb.registry.versions`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
+- `mlops_nb.run.dag`: The only module that imports Ploomber: build the DAG from a rendered spec, run it, report per task.
+- `mlops_nb.run.gc`: Garbage collection: what no run, model version or alias needs any more leaves the warehouse, the model store and the products folder.
+- `mlops_nb.run.journal`: The run journal: written before a run changes anything, so that a run killed at any instant (SIGKILL, OOM, power loss) is undone, or finished, by the next command.
+- `mlops_nb.run.plan`: pipeline.yaml, rendered with the settings, and each task's fingerprint, without importing Ploomber.
+- `mlops_nb.run.reports`: Executed notebooks -> self-contained HTML without code cells, readable offline.
+- `mlops_nb.run.transaction`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does, whatever stops it: an error, Ctrl-C, SIGTERM, SIGKILL, a power loss.
+- `mlops_nb.serving.bento`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
 - `mlops_nb.serving.profiler`: The profiler process of the service: whylogs runs here, never holding the server's GIL.
 - `mlops_nb.serving.recorder`: Request profiling and the prediction log, off the hot path.
 - `mlops_nb.serving.schemas`: Request and response schemas, built from the model's flight record (``transforms.RECORD``).
-- `mlops_nb.serving.service`: The BentoML service: the champion (and, in a rollout, the challenger) behind typed HTTP endpoints.
-- `mlops_nb.spec`: pipeline.yaml, rendered with the settings, and each task's fingerprint, without importing Ploomber.
-- `mlops_nb.warehouse`: DuckDB warehouse: short-lived connections, the bookkeeping tables, and nothing else."""
+- `mlops_nb.serving.service`: The BentoML service: the champion (and, in a rollout, the challenger) behind typed HTTP endpoints."""
 
 __version__ = "0.1.0"

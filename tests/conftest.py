@@ -119,7 +119,7 @@ def make_project(folder: Path, data_source: Path | str | None = None, **settings
     given as section__key='value'."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "pipeline.yaml", folder / "pipeline.yaml")
-    shutil.copytree(REPO / "notebooks" / "pipeline", folder / "notebooks" / "pipeline")
+    shutil.copytree(REPO / "notebooks" / "tasks", folder / "notebooks" / "tasks")
     values = dict(SMALL_SETTINGS)
     if data_source is not None:
         values["data.source"] = str(data_source)
@@ -213,11 +213,11 @@ RUN_TABLES = {"main.runs", "main.run_tasks"}
 def fingerprint_tables(path: Path) -> dict:
     """{schema.table: (rows, content hash)} of every table of a DuckDB file, opened read-only.
 
-    The same measure as ``mlops_nb.warehouse.fingerprint_tables``, which fails on the locked DuckDB
+    The same measure as ``mlops_nb.data.warehouse.fingerprint_tables``, which fails on the locked DuckDB
     (``hash(t.*)`` is a binder error there; see test_ingest.py::test_package_fingerprint_tables): the
     whole row is hashed as a struct instead.
     """
-    from mlops_nb.warehouse import connect
+    from mlops_nb.data.warehouse import connect
 
     with connect(path=path) as con:
         tables = con.execute("SELECT table_schema, table_name FROM information_schema.tables "
@@ -243,7 +243,7 @@ def folder_bytes(folder: Path) -> dict[str, str]:
 
 
 def run_count(project: Path) -> int:
-    from mlops_nb.warehouse import connect
+    from mlops_nb.data.warehouse import connect
 
     with connect(path=project / WAREHOUSE) as con:
         return con.execute("SELECT count(*) FROM runs").fetchone()[0]
@@ -324,7 +324,7 @@ def project(built) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# the pipeline's tasks and their dependencies, read independently of mlops_nb.spec
+# the pipeline's tasks and their dependencies, read independently of mlops_nb.run.plan
 
 
 def pipeline_graph(project: Path = REPO) -> dict[str, dict]:

@@ -177,8 +177,8 @@ def served_copy(served, tmp_path) -> Path:
 def sample_rows(project: Path, n: int = 200):
     """``n`` rows of the test months, the record's columns only, read from the warehouse (read-only), in the
     feature table's order; rows spread over the whole split."""
-    from mlops_nb import features, warehouse
-    from mlops_nb.transforms import RECORD
+    from mlops_nb.data import features, warehouse
+    from mlops_nb.lib.transforms import RECORD
 
     receipt = json.loads((project / "data" / "products" / "features.json").read_text())
     with warehouse.connect(path=project / "data" / "warehouse.duckdb") as con:
@@ -222,7 +222,7 @@ def as_columns(frame) -> dict[str, list]:
 def load_estimator(project: Path, version: str):
     """The stored estimator of a version, from its folder in the model store, checked against its sha256
     (what ``registry.load`` does once BentoML has found the folder)."""
-    from mlops_nb import products
+    from mlops_nb.run import products
 
     d = store_dir(project, version)
     info = json.loads((d / "model.json").read_text())
@@ -230,7 +230,7 @@ def load_estimator(project: Path, version: str):
 
 
 def offline_p_late(project: Path, version: str, frame) -> list[float]:
-    from mlops_nb.model import predict_proba
+    from mlops_nb.lib.model import predict_proba
 
     return predict_proba(load_estimator(project, version), frame).tolist()
 

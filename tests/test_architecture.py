@@ -15,20 +15,34 @@ from conftest import PACKAGE, REPO, cli_env
 HEAVY = {"pandas", "numpy", "duckdb", "ploomber", "ploomber_engine", "papermill", "sklearn", "scipy",
          "whylogs", "bentoml", "nbconvert", "nbformat", "matplotlib", "pyarrow", "jupytext", "nbdev"}
 
-# nbdev exports these from notebooks/lib; everything else is written by hand
-EXPORTED = {"transforms", "model", "evaluation"}
+# nbdev exports these from notebooks/lib into mlops_nb/lib; everything else is written by hand
+EXPORTED = {"lib.transforms", "lib.model", "lib.evaluation"}
 GENERATED = EXPORTED | {"_modidx"}
+
+# The layers, top first: a module imports modules of its own layer or of the layers below it, never above.
+# "base" is config, errors, lib (the generated model code) and the package's __init__ and _modidx.
+LAYERS = ["cli", "serving", "run", "registry", "data", "base"]
+# Known imports against the order, each inside a function: the registry checks a model file's sha256
+# with run.products.load_model and stamps its rows with run.records.now.
+UPWARD = {("registry.versions", "run.products"), ("registry.versions", "run.records")}
 
 
 def modules() -> dict[str, Path]:
-    """dotted name below mlops_nb ('cli', 'serving.service') -> file, for every module of the package."""
+    """dotted name below mlops_nb ('cli', 'serving.service') -> file, for every module of the package; a
+    subpackage is named by its __init__.py ('cli', 'registry'), the package's own one is '__init__'."""
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue
-        rel = path.relative_to(PACKAGE).with_suffix("")
-        out[".".join(rel.parts)] = path
+        rel = path.relative_to(PACKAGE).with_suffix("").parts
+        if rel[-1] == "__init__" and len(rel) > 1:
+            rel = rel[:-1]
+        out[".".join(rel)] = path
     return out
+
+
+def layer(module: str) -> str:
+    return module.split(".")[0] if module.split(".")[0] in LAYERS else "base"
 
 
 def _runs_on_import(node):
@@ -41,10 +55,12 @@ def _runs_on_import(node):
 
 
 def imports(path: Path, top_level_only: bool = False) -> list[tuple[str, int]]:
-    """(absolute module name, line) of every import in a file (relative imports resolved)."""
+    """(absolute module name, line) of every import in a file (relative imports resolved; `from a import b`
+    names a.b when b is a module of ours)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     rel = path.relative_to(PACKAGE).with_suffix("").parts if PACKAGE in path.parents else ()
     package = ["mlops_nb", *rel[:-1]] if rel else []  # the package a relative import starts from
+    ours_names = set(modules())
     nodes = list(_runs_on_import(tree)) if top_level_only else list(ast.walk(tree))
     out = []
     for node in nodes:
@@ -62,6 +78,11 @@ def imports(path: Path, top_level_only: bool = False) -> list[tuple[str, int]]:
                 if name == "mlops_nb":  # from mlops_nb import a, b
                     out += [(f"mlops_nb.{a.name}", node.lineno) for a in node.names]
                     continue
+            if name.startswith("mlops_nb."):  # from mlops_nb.data import features: the module features
+                below = name.split(".", 1)[1]
+                out += [(f"{name}.{a.name}" if f"{below}.{a.name}" in ours_names else name, node.lineno)
+                        for a in node.names]
+                continue
             out.append((name, node.lineno))
     return out
 
@@ -81,10 +102,12 @@ def importers_of(library: str) -> set[str]:
 
 def test_the_scan_sees_the_package():
     found = modules()
-    assert {"cli", "config", "errors", "pipeline", "profiles", "spec", "runner"} <= set(found)
-    # the scanner resolves relative and absolute imports
+    assert {"cli", "config", "errors", "run.dag", "data.profiles", "run.plan", "run.transaction"} <= set(found)
+    # the scanner resolves relative and absolute imports, and modules imported from a subpackage
     assert "errors" in ours(found["config"])
-    assert "ploomber.spec" in {n for n, _ in imports(found["pipeline"])}
+    assert {"config", "errors", "data.contracts"} <= ours(found["data.ingest"])
+    assert "data.warehouse" in ours(found["serving.service"])
+    assert "ploomber.spec" in {n for n, _ in imports(found["run.dag"])}
 
 
 def test_errors_imports_nothing_of_ours():
@@ -97,16 +120,16 @@ def test_config_imports_only_errors():
     assert third_party == set(), f"config imports {third_party}"
 
 
-def test_only_pipeline_imports_ploomber():
-    assert importers_of("ploomber") | importers_of("ploomber_engine") == {"pipeline"}
+def test_only_dag_imports_ploomber():
+    assert importers_of("ploomber") | importers_of("ploomber_engine") == {"run.dag"}
 
 
 def test_only_profiles_imports_whylogs():
-    assert importers_of("whylogs") == {"profiles"}
+    assert importers_of("whylogs") == {"data.profiles"}
 
 
-def test_bentoml_only_in_registry_and_serving():
-    allowed = {m for m in modules() if m == "registry" or m == "serving" or m.startswith("serving.")}
+def test_bentoml_only_in_registry_versions_and_serving():
+    allowed = {m for m in modules() if m == "registry.versions" or m == "serving" or m.startswith("serving.")}
     users = importers_of("bentoml") | importers_of("_bentoml_impl") | importers_of("_bentoml_sdk")
     assert users <= allowed, f"bentoml imported by {sorted(users - allowed)}"
 
@@ -117,8 +140,52 @@ def test_package_never_imports_the_notebooks():
         assert bad == [], f"mlops_nb/{path.relative_to(PACKAGE)} imports {bad}"
 
 
+def test_layers_import_downwards_only():
+    """cli -> serving -> run -> registry -> data -> config, errors, lib: never up (but the UPWARD ones)."""
+    names = set(modules())
+    bad = set()
+    for name, path in modules().items():
+        for imported in ours(path):
+            target = imported if imported in names else imported.rsplit(".", 1)[0]
+            if LAYERS.index(layer(target)) < LAYERS.index(layer(name)) and (name, target) not in UPWARD:
+                bad.add((name, target))
+    assert bad == set(), f"imports against the layer order {LAYERS}: {sorted(bad)}"
+    for name, target in UPWARD:  # each exception is still needed, or it goes
+        assert target in ours(modules()[name]), f"{name} no longer imports {target}: drop it from UPWARD"
+
+
+def test_serving_never_imports_run():
+    for name, path in modules().items():
+        if layer(name) == "serving":
+            assert {m for m in ours(path) if layer(m) == "run"} == set(), name
+
+
+def test_generated_modules_import_only_transforms_of_ours():
+    for name in EXPORTED:
+        assert ours(modules()[name]) <= {"lib.transforms"}, name
+
+
+def test_lib_init_is_only_a_docstring():
+    body = ast.parse((PACKAGE / "lib" / "__init__.py").read_text(encoding="utf-8")).body
+    assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value.value, str)
+
+
+def test_registry_facade_exports_the_public_names_of_versions():
+    """`from mlops_nb import registry; registry.promote(...)`: every public name of registry/versions.py."""
+    tree = ast.parse((PACKAGE / "registry" / "versions.py").read_text(encoding="utf-8"))
+    public = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    public |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    public = {n for n in public if not n.startswith("_")}
+    from mlops_nb import registry
+
+    versions = sys.modules["mlops_nb.registry.versions"]  # registry.versions is the function versions()
+    missing = sorted(n for n in public if getattr(registry, n, None) is not getattr(versions, n))
+    assert missing == [], f"mlops_nb.registry does not re-export {missing}"
+    assert {"promote", "rollback", "aliases", "versions", "RegistryError"} <= public
+
+
 def test_task_notebooks_use_the_package():
-    notebooks = sorted((REPO / "notebooks" / "pipeline").glob("*.py"))
+    notebooks = sorted((REPO / "notebooks" / "tasks").glob("*.py"))
     assert {p.stem for p in notebooks} >= {"ingest", "validate", "features", "train", "evaluate"}
     for path in notebooks:
         used = ours(path)
@@ -126,14 +193,15 @@ def test_task_notebooks_use_the_package():
         assert used <= set(modules()), f"{path.name} imports {used - set(modules())}"
 
 
-def test_cli_imports_nothing_heavy_at_module_level():
-    names = {top(n) for n, _ in imports(PACKAGE / "cli.py", top_level_only=True)}
+@pytest.mark.parametrize("name", sorted(m for m in modules() if layer(m) == "cli"))
+def test_cli_imports_nothing_heavy_at_module_level(name):
+    path = modules()[name]
+    names = {top(n) for n, _ in imports(path, top_level_only=True)}
     assert names & HEAVY == set()
     # nor anything of ours that would: whatever cli imports at the top must be light itself
-    for mod in {n.split(".", 1)[1] for n, _ in imports(PACKAGE / "cli.py", top_level_only=True)
-                if n.startswith("mlops_nb.")}:
-        path = PACKAGE / f"{mod.replace('.', '/')}.py"
-        assert {top(n) for n, _ in imports(path, top_level_only=True)} & HEAVY == set(), mod
+    for mod in {n.split(".", 1)[1] for n, _ in imports(path, top_level_only=True) if n.startswith("mlops_nb.")}:
+        mod = mod if mod in modules() else mod.rsplit(".", 1)[0]
+        assert {top(n) for n, _ in imports(modules()[mod], top_level_only=True)} & HEAVY == set(), mod
 
 
 def test_importing_the_cli_loads_nothing_heavy():
@@ -147,13 +215,12 @@ def test_importing_the_cli_loads_nothing_heavy():
 
 def test_imports_of_ours_name_real_modules():
     """A module's imports of ours name modules that exist (a rename would otherwise surface at runtime)."""
-    names = set(modules())
-    valid = names | {n[: -len(".__init__")] for n in names if n.endswith(".__init__")}
+    valid = set(modules())
     for name, path in modules().items():
         for imported in ours(path):
             ok = imported in valid or imported.rsplit(".", 1)[0] in valid  # or a name inside one
             assert ok, f"mlops_nb/{path.relative_to(PACKAGE)} imports mlops_nb.{imported}, which does not exist"
-    for path in sorted((REPO / "notebooks" / "pipeline").glob("*.py")):
+    for path in sorted((REPO / "notebooks" / "tasks").glob("*.py")):
         for imported in ours(path):
             assert imported in valid or imported.rsplit(".", 1)[0] in valid, f"{path.name}: mlops_nb.{imported}"
 
@@ -173,11 +240,13 @@ def test_generated_modules_are_exactly_the_nbdev_ones():
 
 @pytest.mark.parametrize("name", sorted(EXPORTED))
 def test_exported_module_names_its_notebook(name):
-    text = header(PACKAGE / f"{name}.py")
+    path = modules()[name]
+    text = header(path)
     assert "# AUTOGENERATED! DO NOT EDIT!" in text
-    m = re.search(r"File to edit: \.\./(notebooks/lib/\S+\.ipynb)", text)
-    assert m, f"{name}.py does not name its notebook"
-    assert (REPO / m.group(1)).is_file()
+    m = re.search(r"File to edit: ((?:\.\./)+notebooks/lib/\S+\.ipynb)\.", text)
+    assert m, f"{name} does not name its notebook"
+    notebook = (path.parent / m.group(1)).resolve()
+    assert notebook.is_file() and notebook.parent == REPO / "notebooks" / "lib", m.group(1)
 
 
 def test_modidx_is_nbdevs_index():
@@ -185,7 +254,7 @@ def test_modidx_is_nbdevs_index():
     assert text.startswith("# Autogenerated by nbdev")
     from mlops_nb import _modidx
 
-    assert {k.split(".")[1] for k in _modidx.d["syms"]} == EXPORTED
+    assert {k.split(".", 1)[1] for k in _modidx.d["syms"]} == EXPORTED
 
 
 def test_no_hand_written_module_carries_the_generated_header():
@@ -194,11 +263,11 @@ def test_no_hand_written_module_carries_the_generated_header():
             continue
         text = path.read_text(encoding="utf-8")
         assert "AUTOGENERATED! DO NOT EDIT!" not in text, name
-        assert "# %% ../notebooks/lib/" not in text, name
+        assert not re.search(r"# %% (\.\./)+notebooks/lib/", text), name
 
 
-FORBIDDEN_IN_SERVING = {"pipeline", "runner", "spec", "ingest", "features", "validation", "gate", "reports",
-                        "cli"}
+FORBIDDEN_IN_SERVING = {"run.dag", "run.transaction", "run.plan", "data.ingest", "data.features", "data.validation",
+                        "registry.gate", "run.reports", "cli"} | {m for m in modules() if m.startswith("cli.")}
 
 
 def test_serving_never_reaches_training_code_statically():

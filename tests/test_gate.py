@@ -34,7 +34,10 @@ def passing_tests():
 MODEL_TESTS = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from mlops_nb import features, gate, model, registry, warehouse
+    from mlops_nb import registry
+    from mlops_nb.data import features, warehouse
+    from mlops_nb.lib import model
+    from mlops_nb.registry import gate
 
     receipt = json.load(open("data/products/features.json"))
     with warehouse.connect() as con:
@@ -105,7 +108,7 @@ def test_model_tests_fail_for_probabilities_out_of_range(model_tests):
 
 @pytest.mark.slow
 def test_gate_refuses_a_broken_model(served, model_tests):
-    from mlops_nb import gate
+    from mlops_nb.registry import gate
 
     candidate = served.version(served.v1)["metrics"]
     for name in ("nan", "leaky"):
@@ -126,7 +129,7 @@ def metrics(served) -> dict:
 
 @pytest.mark.slow
 def test_decide_promotes_a_good_first_model(metrics):
-    from mlops_nb import gate
+    from mlops_nb.registry import gate
 
     decision = gate.decide(metrics, None, passing_tests(), thresholds(min_roc_auc=0.5))
     assert decision["promote"] is True
@@ -140,7 +143,7 @@ def test_decide_promotes_a_good_first_model(metrics):
     ("max_brier", 0.01, "is above gate.max_brier 0.01"),
 ])
 def test_decide_refuses_below_a_threshold(metrics, setting, value, words):
-    from mlops_nb import gate
+    from mlops_nb.registry import gate
 
     decision = gate.decide(metrics, None, passing_tests(), thresholds(**{setting: value}))
     assert decision["promote"] is False
@@ -149,7 +152,7 @@ def test_decide_refuses_below_a_threshold(metrics, setting, value, words):
 
 @pytest.mark.slow
 def test_decide_refuses_both_thresholds_with_both_reasons(metrics):
-    from mlops_nb import gate
+    from mlops_nb.registry import gate
 
     decision = gate.decide(metrics, None, passing_tests(), thresholds(min_roc_auc=0.99, max_brier=0.01))
     assert decision["promote"] is False
@@ -161,7 +164,7 @@ def test_decide_refuses_both_thresholds_with_both_reasons(metrics):
 @pytest.mark.parametrize("metric, delta", [("roc_auc", -0.02), ("brier", +0.02)])
 def test_decide_refuses_a_model_worse_than_the_champion(metrics, metric, delta):
     """The candidate is the champion made worse on one metric by more than gate.tolerance."""
-    from mlops_nb import gate
+    from mlops_nb.registry import gate
 
     candidate = {**metrics, metric: metrics[metric] + delta}
     decision = gate.decide(candidate, metrics, passing_tests(), thresholds(min_roc_auc=0.5))
@@ -173,7 +176,7 @@ def test_decide_refuses_a_model_worse_than_the_champion(metrics, metric, delta):
 
 @pytest.mark.slow
 def test_decide_promotes_within_the_tolerance(metrics):
-    from mlops_nb import gate
+    from mlops_nb.registry import gate
 
     candidate = {**metrics, "roc_auc": metrics["roc_auc"] - 0.004, "brier": metrics["brier"] + 0.004}
     decision = gate.decide(candidate, metrics, passing_tests(), thresholds(min_roc_auc=0.5))
@@ -186,7 +189,7 @@ def test_decide_promotes_within_the_tolerance(metrics):
 @pytest.mark.slow
 def test_decide_refuses_an_undefined_roc_auc(metrics):
     """A test set of one class has no ROC AUC (NaN): such a model proves nothing and is refused."""
-    from mlops_nb import gate
+    from mlops_nb.registry import gate
 
     decision = gate.decide({**metrics, "roc_auc": math.nan}, None, passing_tests(), thresholds())
     assert decision["promote"] is False
@@ -194,7 +197,7 @@ def test_decide_refuses_an_undefined_roc_auc(metrics):
 
 
 def test_decide_refuses_a_missing_metric():
-    from mlops_nb import gate
+    from mlops_nb.registry import gate
 
     decision = gate.decide({"roc_auc": None, "brier": 0.2}, None, passing_tests(), thresholds())
     assert decision["promote"] is False

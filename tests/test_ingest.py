@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops_nb import config, features, ingest, validation, warehouse
+from mlops_nb import config
+from mlops_nb.data import features, ingest, validation, warehouse
 from mlops_nb.errors import DataError, ValidationFailed
 
 from conftest import fingerprint_tables, read_csv_text, write_settings

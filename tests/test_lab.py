@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_nb.cli import lab_command
+from mlops_nb.cli.lab import lab_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_lab_serves_percent_notebooks_as_notebooks(tmp_path):
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        url = f"http://127.0.0.1:{port}/api/contents/notebooks/pipeline/train.py?type=notebook&token=t"
+        url = f"http://127.0.0.1:{port}/api/contents/notebooks/tasks/train.py?type=notebook&token=t"
         deadline, body = time.monotonic() + 90, None
         while time.monotonic() < deadline and proc.poll() is None:
             try:

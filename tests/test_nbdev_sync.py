@@ -43,7 +43,7 @@ def test_nbdev_clean_and_export_change_nothing(tmp_path):
     shutil.copytree(REPO / "mlops_nb", tmp_path / "mlops_nb", ignore=shutil.ignore_patterns("__pycache__"))
     committed = files(tmp_path)
     assert committed == files(REPO)  # the copy is faithful
-    assert any(k.endswith(".ipynb") for k in committed) and "mlops_nb/transforms.py" in committed
+    assert any(k.endswith(".ipynb") for k in committed) and "mlops_nb/lib/transforms.py" in committed
 
     for tool in ("nbdev-clean", "nbdev-export"):
         proc = subprocess.run([str(VENV_BIN / tool)], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
@@ -72,9 +72,9 @@ def test_nbdev_export_leaves_the_hand_written_modules_alone(tmp_path):
     after = files(tmp_path)
     assert set(after) == set(committed)
     changed = {k for k in after if after[k] != committed[k]}
-    assert changed <= {"mlops_nb/transforms.py", "mlops_nb/model.py", "mlops_nb/evaluation.py",
+    assert changed <= {"mlops_nb/lib/transforms.py", "mlops_nb/lib/model.py", "mlops_nb/lib/evaluation.py",
                        "mlops_nb/_modidx.py", "mlops_nb/__init__.py"}, sorted(changed)
     # and apart from the cell markers, the generated code is the committed code
-    for name in ("mlops_nb/transforms.py", "mlops_nb/model.py", "mlops_nb/evaluation.py"):
-        strip = lambda b: [l for l in b.decode().splitlines() if not l.startswith("# %% ../notebooks/lib/")]  # noqa: E731
+    for name in ("mlops_nb/lib/transforms.py", "mlops_nb/lib/model.py", "mlops_nb/lib/evaluation.py"):
+        strip = lambda b: [l for l in b.decode().splitlines() if not l.startswith("# %% ../../notebooks/lib/")]  # noqa: E731
         assert strip(after[name]) == strip(committed[name]), first_difference(name, committed[name], after[name])

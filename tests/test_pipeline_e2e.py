@@ -17,7 +17,7 @@ import pytest
 from conftest import (CLI, PACKAGE, PRODUCTS, TASKS, TIMEOUT, Result, cli_env,
                       downstream, folder_bytes, last_run, pipeline_graph, read_csv_text,
                       run_cli, run_count, run_ok, tasks_using, upstream_closure, warehouse_tables)
-from mlops_nb import spec
+from mlops_nb.run import plan as spec
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,9 @@ def test_reports_are_offline_html_without_code(built, task):
     assert "In&nbsp;[" not in html
     code_cells = re.findall(r'<div class="(jp-Cell jp-CodeCell[^"]*)"', html)
     assert code_cells and all("jp-mod-noInput" in c for c in code_cells)
-    notebook = (built.pristine / "notebooks" / "pipeline" / f"{task}.py").read_text(encoding="utf-8")
-    assert "from mlops_nb import" in notebook
-    assert "from mlops_nb import" not in html
+    notebook = (built.pristine / "notebooks" / "tasks" / f"{task}.py").read_text(encoding="utf-8")
+    assert re.search(r"from mlops_nb[.\w]* import", notebook)
+    assert not re.search(r"from mlops_nb[.\w]* import", html)
     # ...but the markdown does show: the notebook's title
     title = re.search(r"^# # (.+)$", notebook, flags=re.M).group(1)
     assert f">{title}<" in html
@@ -214,7 +214,7 @@ def test_rewritten_identical_input_is_up_to_date(project):
 
 @pytest.mark.slow
 def test_edited_task_notebook_reruns_it_and_downstream(project, graph):
-    notebook = project / "notebooks" / "pipeline" / "evaluate.py"
+    notebook = project / "notebooks" / "tasks" / "evaluate.py"
     notebook.write_text(notebook.read_text(encoding="utf-8") + "\n# %%\nprint('edited')\n", encoding="utf-8")
     result = run_ok(project, "run", "--quiet")
     assert_ran_exactly(result, downstream(graph, "evaluate"), graph)
@@ -241,34 +241,53 @@ def test_code_hash_follows_imported_modules(tmp_path, monkeypatch):
     or an SQL file such a module names; other modules do not matter."""
     package = tmp_path / "mlops_nb"
     shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
-    notebook = "from mlops_nb import features\nimport pandas as pd\n"
+    notebook = "from mlops_nb.data import features\nimport pandas as pd\n"
     real = spec.code_hash(notebook)
     monkeypatch.setattr(spec, "PACKAGE_DIR", package)
     assert spec.code_hash(notebook) == real  # the content counts, not where the package lives
-    assert spec.imported_modules(notebook) == {"features"}
+    assert spec.imported_modules(notebook) == {"data.features"}
 
     def edit(relative: str, text: str = "\n# edited\n"):
         with open(package / relative, "a", encoding="utf-8") as f:
             f.write(text)
 
     hashes = [real]
-    for relative in ("features.py", "warehouse.py", "config.py", "errors.py", "sql/features.sql"):
+    for relative in ("data/features.py", "data/warehouse.py", "config.py", "errors.py", "data/sql/features.sql"):
         edit(relative)
         hashes.append(spec.code_hash(notebook))
         assert hashes[-1] != hashes[-2], f"editing {relative} did not change the hash"
-    for relative in ("profiles.py", "model.py", "cli.py"):  # not imported by features, even indirectly
+    # not imported by features, even indirectly
+    for relative in ("data/profiles.py", "lib/model.py", "cli/__init__.py"):
         edit(relative)
         assert spec.code_hash(notebook) == hashes[-1], f"editing {relative} changed the hash"
+
+
+def test_imported_modules_resolve_subpackages(tmp_path, monkeypatch):
+    """Modules of subpackages, imported absolutely or relatively inside a subpackage, and the registry
+    facade, whose module registry/versions.py counts for a notebook that imports registry."""
+    assert spec.imported_modules("import mlops_nb.data.features\n") == {"data.features"}
+    assert spec.imported_modules("from mlops_nb.data.features import load\n") == {"data.features"}
+    assert spec.imported_modules("from mlops_nb import config, registry\n") == {"config", "registry"}
+    relative = "from .. import config\nfrom ..errors import DataError\nfrom .warehouse import transaction\n"
+    assert spec.imported_modules(relative, "data") == {"config", "errors", "data.warehouse"}
+    package = tmp_path / "mlops_nb"
+    shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(spec, "PACKAGE_DIR", package)
+    notebook = "from mlops_nb import registry\n"
+    before = spec.code_hash(notebook)
+    with open(package / "registry" / "versions.py", "a", encoding="utf-8") as f:
+        f.write("\n# edited\n")
+    assert spec.code_hash(notebook) != before
 
 
 def test_code_hash_of_the_task_notebooks(tmp_path, monkeypatch):
     package = tmp_path / "mlops_nb"
     shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(spec, "PACKAGE_DIR", package)
-    notebooks = {t: (PACKAGE.parent / "notebooks" / "pipeline" / f"{t}.py").read_text(encoding="utf-8")
+    notebooks = {t: (PACKAGE.parent / "notebooks" / "tasks" / f"{t}.py").read_text(encoding="utf-8")
                  for t in TASKS}
     before = {t: spec.code_hash(text) for t, text in notebooks.items()}
-    with open(package / "transforms.py", "a", encoding="utf-8") as f:  # imported by model
+    with open(package / "lib" / "transforms.py", "a", encoding="utf-8") as f:  # imported by model
         f.write("\n# edited\n")
     after = {t: spec.code_hash(text) for t, text in notebooks.items()}
     changed = {t for t in TASKS if after[t] != before[t]}

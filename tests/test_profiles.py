@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_nb import profiles
+from mlops_nb.data import profiles
 
 
 def frame(n: int = 600) -> pd.DataFrame:

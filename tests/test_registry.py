@@ -156,7 +156,8 @@ def test_rollback_with_no_history_is_refused(served, served_copy):
 
 
 def test_rollback_with_no_history_raises_in_process(served, served_copy):
-    from mlops_nb import registry, warehouse
+    from mlops_nb import registry
+    from mlops_nb.data import warehouse
 
     with warehouse.connect(write=True, path=served_copy / "data" / "warehouse.duckdb") as con:
         with pytest.raises(registry.RegistryError, match="Nothing to roll back"):
@@ -189,7 +190,8 @@ def test_unknown_alias_name_is_a_clear_error(served, served_copy):
 
 
 def test_promote_is_refused_while_a_run_holds_the_lock(served, served_copy):
-    from mlops_nb import config, runner
+    from mlops_nb import config
+    from mlops_nb.run import transaction as runner
 
     settings = config.load(served_copy / "settings.ini", environ={})
     before_aliases, before_audit = aliases(served_copy), audit(served_copy)
@@ -206,7 +208,8 @@ def test_promote_is_refused_while_a_run_holds_the_lock(served, served_copy):
 CRASH = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from mlops_nb import registry, warehouse
+    from mlops_nb import registry
+    from mlops_nb.data import warehouse
 
     class DiesBeforeTheAuditRow:
         '''The DuckDB connection, except that the process dies when the audit row is written.'''
@@ -228,7 +231,8 @@ CRASH = textwrap.dedent("""
 
 
 def test_alias_change_is_atomic_when_the_process_dies(served, served_copy):
-    from mlops_nb import registry, warehouse
+    from mlops_nb import registry
+    from mlops_nb.data import warehouse
 
     db = served_copy / "data" / "warehouse.duckdb"
     before_aliases, before_audit = aliases(served_copy), audit(served_copy)
@@ -247,7 +251,8 @@ def test_alias_change_is_atomic_when_the_process_dies(served, served_copy):
 
 
 def test_registry_functions_in_process(served, served_copy):
-    from mlops_nb import errors, registry, warehouse
+    from mlops_nb import errors, registry
+    from mlops_nb.data import warehouse
 
     with warehouse.connect(write=True, path=served_copy / "data" / "warehouse.duckdb") as con:
         start = registry.audit(con)
@@ -287,7 +292,8 @@ def test_registry_functions_in_process(served, served_copy):
 ROUND_TRIP = textwrap.dedent("""
     import hashlib, json, sys
     import joblib, pandas as pd
-    from mlops_nb import model, registry
+    from mlops_nb import registry
+    from mlops_nb.lib import model
 
     products_model = "data/products/model.joblib"
     digest = hashlib.sha256(open(products_model, "rb").read()).hexdigest()
@@ -317,8 +323,8 @@ def test_stored_model_round_trips(served, tmp_path):
 
 @pytest.mark.parametrize("which", ["v1", "v2"])
 def test_store_holds_model_json_lineage_and_reference_profiles(served, which):
-    from mlops_nb import profiles
-    from mlops_nb.transforms import RECORD
+    from mlops_nb.data import profiles
+    from mlops_nb.lib.transforms import RECORD
 
     version = getattr(served, which)
     d = store_dir(served.pristine, version)

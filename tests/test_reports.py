@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import nbformat
 
-from mlops_nb import reports
+from mlops_nb.run import reports
 
 
 def notebook(path, text: str):

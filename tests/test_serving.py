@@ -383,8 +383,8 @@ def test_shadow_answers_with_the_champion_and_logs_the_challenger(served, shadow
 
 
 def test_requests_are_profiled_and_logged(served, shadow_traffic):
-    from mlops_nb import profiles
-    from mlops_nb.transforms import RECORD
+    from mlops_nb.data import profiles
+    from mlops_nb.lib.transforms import RECORD
 
     sent = sum(len(frame) for frame, _ in shadow_traffic["requests"])
     assert sent == 55
@@ -485,7 +485,8 @@ def test_bentoml_serve_of_a_project_without_a_run_does_not_start(tmp_path):
 
 
 def test_serve_refuses_a_registry_without_a_champion(served, served_copy):
-    from mlops_nb import registry, warehouse
+    from mlops_nb import registry
+    from mlops_nb.data import warehouse
 
     with warehouse.connect(write=True, path=served_copy / "data" / "warehouse.duckdb") as con:
         registry.set_alias(con, "champion", None, "retired", actor="test")

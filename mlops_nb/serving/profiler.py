@@ -42,7 +42,7 @@ def _items(stream):
 def main(folder: str, worker: str) -> int:
     import signal
 
-    from .. import profiles
+    from ..data import profiles
 
     # A stop signal to the server's process group reaches us too: finish on end of input instead, after
     # the server's last rows, which it sends when it stops.

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..transforms import RECORD
+from ..lib.transforms import RECORD
 from .profiler import send, window_path
 
 DRAIN_SECONDS = 2.0       # how often queued rows are written to the prediction log

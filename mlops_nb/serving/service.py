@@ -29,8 +29,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from .. import config, registry
 from ..errors import MlopsNbError
-from ..model import predict_proba
-from ..transforms import RECORD
+from ..lib.model import predict_proba
+from ..lib.transforms import RECORD
 from .limits import BodyLimit
 from .recorder import Recorder
 from .schemas import ModelInfo, Prediction, request_models
@@ -77,7 +77,7 @@ def resolve_models(settings: config.Settings) -> dict[str, dict]:
     pinned = pinned_path()
     if pinned.exists():
         return json.loads(pinned.read_text())["models"]
-    from .. import warehouse
+    from ..data import warehouse
 
     try:
         with warehouse.connect(settings=settings) as con:

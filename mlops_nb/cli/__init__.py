@@ -1,0 +1,148 @@
+"""`mlops-nb`: the command line. Heavy libraries are imported inside commands, so `--help` is instant and
+works when the pipeline is broken; our exceptions become exit codes and plain messages here, and only here.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .gc import cmd_gc
+from .lab import cmd_lab
+from .models import cmd_models
+from .run import cmd_run, cmd_runs
+from .serve import cmd_build, cmd_serve
+from .settings import cmd_settings
+
+
+def _parse_param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"-p expects key=value (e.g. -p model.seed=7); got {text!r}")
+    return key.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlops-nb", description="Run the notebook pipeline, and inspect its runs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the pipeline headless (only what is stale)",
+                         description="Run pipeline.yaml headless. Only stale tasks run: a task is stale when its "
+                                     "notebook, parameters, input data or imported mlops_nb code changed.")
+    run.add_argument("-p", "--param", action="append", default=[], type=_parse_param, metavar="KEY=VALUE",
+                     help="override a setting for this run, e.g. -p model.seed=7 (repeatable)")
+    run.add_argument("--force", action="store_true", help="run every task (of --task's scope) even if up to date")
+    run.add_argument("--task", metavar="NAME", help="run only this task and what it needs")
+    run.add_argument("--quiet", action="store_true", help="no progress lines, only the closing table")
+
+    runs = sub.add_parser("runs", help="list recorded runs", description="List recorded runs, newest first.")
+    runs.add_argument("--json", action="store_true", help="print JSON for scripts")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+
+    models = sub.add_parser("models", help="the model registry: list, show, promote, rollback, diff",
+                            description="The model registry: versions, the champion and challenger aliases, "
+                                        "and the audit log of every alias change.")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ml = msub.add_parser("list", help="every registered version, newest first")
+    ml.add_argument("--json", action="store_true")
+    ms = msub.add_parser("show", help="one version: metrics, lineage, gate decision")
+    ms.add_argument("version", help="a version (or unique prefix), or an alias: champion, challenger")
+    ms.add_argument("--json", action="store_true")
+    mp = msub.add_parser("promote", help="point an alias at a version (atomic, audited)")
+    mp.add_argument("version")
+    mp.add_argument("--alias", default="champion", choices=["champion", "challenger"])
+    mp.add_argument("--reason", default="promoted by hand")
+    mr = msub.add_parser("rollback", help="point an alias back at its previous version")
+    mr.add_argument("--alias", default="champion", choices=["champion", "challenger"])
+    md = msub.add_parser("diff", help="metrics and lineage of two versions side by side")
+    md.add_argument("a")
+    md.add_argument("b")
+    md.add_argument("--json", action="store_true")
+    ma = msub.add_parser("audit", help="the alias audit log, newest first")
+    ma.add_argument("--json", action="store_true")
+
+    serve = sub.add_parser("serve", help="serve the champion over HTTP (bentoml serve, 127.0.0.1)",
+                           description="Run `bentoml serve` of the service, answering with the registry's champion "
+                                       "(and challenger, in a canary or shadow rollout).")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--bento", help="serve this Bento tag (from `mlops-nb build`) instead of the project")
+
+    sub.add_parser("build", help="build a Bento pinned to the current champion (offline); prints its tag")
+
+    gc = sub.add_parser("gc", help="remove data, models and products that nothing needs; print what is freed",
+                        description="Drop the warehouse data (snapshots, feature sets) that neither the current "
+                                    "products, the champion and challenger, nor the last gc.keep_runs successful "
+                                    "runs need (the lineage rows of every registered version stay), model-store "
+                                    "folders no registered version names, and products no task declares.")
+    gc.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    gc.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
+
+    lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1, task notebooks (.py) opening as notebooks")
+    lab.add_argument("--port", type=int, default=8888)
+    lab.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    lab.add_argument("extra", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    from ..errors import MlopsNbError, RunInterrupted
+
+    try:
+        commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
+                    "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc}
+        if args.command in ("runs", "models", "serve", "build", "gc"):
+            _recover_first()
+        return commands[args.command](args)
+    except MlopsNbError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except RunInterrupted as e:
+        undone = getattr(e, "undone", None) or []
+        print(f"{e}: the run was rolled back" + (": " + "; ".join(undone) if undone else "; nothing had changed")
+              + ".", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mlops-nb runs | head`
+        sys.stderr.close()
+        return 0
+
+
+def _recover_first() -> None:
+    """A run killed earlier is finished or undone before any command reads the project."""
+    from .. import config
+    from ..run import transaction
+
+    try:
+        settings = config.load()
+    except config.SettingsError:
+        return
+    message = transaction.recover_if_needed(settings)
+    if message:
+        print(message, file=sys.stderr)
+
+
+def entry() -> None:
+    """The console script. After a run, tearing down the interpreter (some 3,800 modules of the data
+    stack) costs about a second: the exit handlers run, the streams are flushed, and the process ends
+    without the teardown. ``main`` itself returns normally, for callers in-process."""
+    import atexit
+    import os
+
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: `mlops-nb runs | head`
+            pass
+    os._exit(code)

@@ -1,0 +1,4 @@
+"""`python -m mlops_nb.cli`: the console script."""
+from . import entry
+
+entry()

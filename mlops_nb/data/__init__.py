@@ -1,0 +1,1 @@
+"""The data stage: the warehouse, ingested snapshots, their contracts and validation, feature sets, profiles."""

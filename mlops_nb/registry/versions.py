@@ -1,0 +1,371 @@
+"""The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
+
+A model version is the BentoML tag ``<model_name>:<first 16 hex of the model file's sha256>``: the same
+trained bytes are the same version, registered once. The store's directory of a version holds the
+pickled model, its reference profiles (whylogs, written by ``profiles``) and ``model.json`` (metrics,
+lineage, parameters, feature schema), so `bentoml export` / a Bento carry all of it. The warehouse
+tables ``model_versions``, ``model_aliases`` and ``alias_audit`` say which version is the champion or
+the challenger and why; every alias change is one transaction (the alias and its audit row land
+together or not at all).
+
+This module and ``serving`` are the only ones that import BentoML.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import config
+from ..errors import MlopsNbError, NotFoundError, did_you_mean
+
+__all__ = ["ACTIONS", "ALIASES", "INFO_FILE", "MODEL_FILE", "PROFILES_DIR", "RegistryError", "Version", "aliases",
+           "audit", "champion", "diff", "expected_sha256", "load", "load_version", "model_dir", "promote",
+           "record_gate", "register", "registrations", "remove_unregistered", "resolve", "rollback", "save",
+           "served", "set_alias", "show", "store_dirs", "versions"]
+
+ALIASES = ("champion", "challenger")
+MODEL_FILE = "model.joblib"
+INFO_FILE = "model.json"
+PROFILES_DIR = "reference"
+
+
+class RegistryError(MlopsNbError):
+    """A registry operation is not possible (empty registry, nothing to roll back to, ...)."""
+
+    exit_code = 7
+    http_status = 409
+
+
+def _bentoml(settings: config.Settings | None = None):
+    """BentoML, with its home inside the project (set before its first import)."""
+    config.export_tool_env(settings or config.get_settings())
+    import bentoml
+
+    return bentoml
+
+
+def _bentoml_at(store: Path):
+    """BentoML, its store at ``store``; refused when this process already uses another store."""
+    config.export_bentoml_home(store)
+    if config.bentoml_home_env() != Path(store):
+        raise RegistryError(f"The model store must be {store} (paths.bentoml_home); got BENTOML_HOME="
+                            f"{config.bentoml_home_env()} instead. Unset BENTOML_HOME or set paths.bentoml_home "
+                            "to it.")
+    import bentoml
+
+    return bentoml
+
+
+@dataclass
+class Version:
+    version: str
+    tag: str
+    created_at: object
+    run_id: str | None
+    metrics: dict
+    lineage: dict
+    gate: dict | None
+    aliases: list[str]
+
+
+def save(estimator_file: Path, info: dict, reference_dir: Path | None, model_name: str, store) -> str:
+    """Put a trained model (its file, info and reference profiles) into the BentoML store at ``store``;
+    returns the tag. Saving the same bytes twice returns the existing tag. Registration is separate
+    (``record_gate``, when the run commits)."""
+    import hashlib
+
+    bentoml = _bentoml_at(Path(store))
+    digest = hashlib.sha256(Path(estimator_file).read_bytes()).hexdigest()
+    tag = f"{model_name}:{digest[:16]}"
+    try:
+        bentoml.models.get(tag)
+        return tag
+    except bentoml.exceptions.NotFound:
+        pass
+    labels = {"kind": str(info.get("kind", "")), "run_id": str(info.get("run_id") or ""),
+              "snapshot": str(info.get("snapshot_id", ""))[:12]}
+    metadata = {"model_sha256": digest, "metrics": info.get("metrics", {}), "lineage": info.get("lineage", {})}
+    with bentoml.models.create(tag, labels=labels, metadata=_primitive(metadata)) as model:
+        shutil.copy2(estimator_file, model.path_of(MODEL_FILE))
+        Path(model.path_of(INFO_FILE)).write_text(json.dumps({**info, "model_sha256": digest}, indent=2,
+                                                              sort_keys=True, default=str))
+        if reference_dir is not None and Path(reference_dir).exists():
+            shutil.copytree(reference_dir, model.path_of(PROFILES_DIR))
+    return tag
+
+
+def store_dirs(settings: config.Settings) -> dict[str, Path]:
+    """version -> its folder in the model store, for this project's model name (read without BentoML)."""
+    root = config.bentoml_home(settings) / "models" / settings.registry.model_name
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in root.iterdir() if d.is_dir()}
+
+
+def remove_unregistered(con, settings: config.Settings) -> list[str]:
+    """Delete model-store folders that no registered version names (a run killed between saving its model
+    and committing leaves one). Only under the run lock: a run in progress may be saving one."""
+    registered = {r[0] for r in con.execute("SELECT version FROM model_versions").fetchall()}
+    removed = []
+    for version, d in sorted(store_dirs(settings).items()):
+        if version not in registered:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"{settings.registry.model_name}:{version}")
+    latest = config.bentoml_home(settings) / "models" / settings.registry.model_name / "latest"
+    if removed and latest.exists() and latest.read_text().strip() not in store_dirs(settings):
+        remaining = sorted(store_dirs(settings).items(), key=lambda kv: kv[1].stat().st_mtime)
+        if remaining:
+            latest.write_text(remaining[-1][0])
+        else:
+            latest.unlink()
+    return removed
+
+
+def _primitive(obj):
+    """BentoML metadata takes plain types and no None: unknown values become ''."""
+    if isinstance(obj, dict):
+        return {str(k): _primitive(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_primitive(v) for v in obj]
+    if obj is None:
+        return ""
+    if isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def model_dir(tag: str, settings: config.Settings | None = None, store=None) -> Path:
+    bentoml = _bentoml_at(Path(store)) if store is not None else _bentoml(settings)
+    try:
+        return Path(bentoml.models.get(tag).path)
+    except bentoml.exceptions.NotFound:
+        raise NotFoundError(f"Model {tag} is not in the model store {config.bentoml_home_env()}; "
+                            "it was deleted or the store was moved. Run the pipeline again.") from None
+
+
+def load(tag: str, sha256: str, store=None):
+    """The fitted estimator and its info. ``sha256`` is the file's hash as the registry recorded it (see
+    ``served``, ``expected_sha256``): a file changed in the store after registration is refused."""
+    from ..run.products import load_model
+
+    d = model_dir(tag, store=store)
+    info = json.loads((d / INFO_FILE).read_text())
+    return load_model(d / MODEL_FILE, sha256), info
+
+
+def load_version(con, name: str, store=None):
+    """The estimator and info of a version or alias, checked against the sha256 the registry recorded."""
+    version = resolve(con, name)
+    tag = con.execute("SELECT tag FROM model_versions WHERE version = ?", [version]).fetchone()[0]
+    return load(tag, expected_sha256(con, version), store)
+
+
+def expected_sha256(con, version: str) -> str:
+    """The model file's sha256 as recorded when the version was registered."""
+    row = con.execute("SELECT coalesce(sha256, json_extract_string(lineage, '$.model_sha256')) "
+                      "FROM model_versions WHERE version = ?", [version]).fetchone()
+    if row is None or not row[0]:
+        raise NotFoundError(f"Model version {version!r} is not registered in the warehouse.")
+    return row[0]
+
+
+def champion(con) -> dict | None:
+    """{"tag", "sha256"} of the champion, or None."""
+    try:
+        return served(con)["champion"]
+    except RegistryError:
+        return None
+
+
+def served(con, purpose: str = "to serve") -> dict[str, dict]:
+    """alias -> {"tag", "sha256"} for every alias set: what a service loads, or a Bento pins."""
+    rows = con.execute("SELECT a.alias, v.tag, coalesce(v.sha256, json_extract_string(v.lineage, '$.model_sha256')) "
+                       "FROM model_aliases a JOIN model_versions v USING (version)").fetchall()
+    out = {alias: {"tag": tag, "sha256": sha256} for alias, tag, sha256 in rows}
+    if "champion" not in out:
+        raise RegistryError(f"No champion {purpose}: run the pipeline first (`mlops-nb run`), "
+                            "or promote a version (`mlops-nb models promote VERSION`).")
+    return out
+
+
+ACTIONS = ("gate", "promote", "rollback", "retrain")
+
+
+def register(con, tag: str, info: dict, gate: dict | None, run_id: str | None = None) -> str:
+    """Record a stored model for a run; returns its version. The first registration of the trained bytes
+    creates the version; a later run that trained the same bytes adds its own registration row (its gate
+    decision, metrics and run id) and rewrites nothing."""
+    from ..run.records import now
+
+    version = tag.split(":", 1)[1]
+    sha256 = info.get("model_sha256")
+    if not con.execute("SELECT 1 FROM model_versions WHERE version = ?", [version]).fetchone():
+        con.execute("INSERT INTO model_versions (version, tag, created_at, run_id, metrics, lineage, gate, sha256) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+            version, tag, now(), run_id, json.dumps(info.get("metrics", {}), default=str),
+            json.dumps({k: info.get(k) for k in ("lineage", "params", "kind", "seed", "snapshot_id",
+                                                  "feature_set_id", "feature_schema", "model_sha256")}, default=str),
+            json.dumps(gate, default=str) if gate is not None else None, sha256])
+    if run_id is not None:
+        con.execute("INSERT OR REPLACE INTO model_registrations VALUES (?, ?, ?, ?, ?, ?)", [
+            version, run_id, now(), json.dumps(info.get("metrics", {}), default=str),
+            json.dumps(gate, default=str) if gate is not None else None, bool(gate and gate.get("promote"))])
+    return version
+
+
+def registrations(con, version: str) -> list[dict]:
+    from ..data.warehouse import records
+
+    rows = records(con, "SELECT * FROM model_registrations WHERE version = ? ORDER BY registered_at, run_id",
+                   [version])
+    for r in rows:
+        r["registered_at"] = r["registered_at"].isoformat()
+    return rows
+
+
+def aliases(con) -> dict[str, str]:
+    return dict(con.execute("SELECT alias, version FROM model_aliases").fetchall())
+
+
+def resolve(con, name: str) -> str:
+    """A version from an alias ('champion') or a version (or a unique prefix of one)."""
+    current = aliases(con)
+    if name in current:
+        return current[name]
+    if name in ALIASES:
+        raise RegistryError(f"No model is the {name} yet: run the pipeline (`mlops-nb run`) so that a model "
+                            "passes the gate, or `mlops-nb models promote VERSION`.")
+    versions = [r[0] for r in con.execute("SELECT version FROM model_versions").fetchall()]
+    matches = [v for v in versions if v.startswith(name.split(":")[-1])]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFoundError(f"No model version {name!r}; known versions: {versions or 'none'}."
+                            f"{did_you_mean(name, versions + list(ALIASES))}")
+    raise NotFoundError(f"{name!r} matches several versions {matches}; give more characters.")
+
+
+def set_alias(con, alias: str, version: str | None, reason: str, actor: str = "cli", action: str = "promote",
+              run_id: str | None = None) -> str | None:
+    """Point ``alias`` at ``version`` (None removes it) and append the audit row, in one transaction.
+    Returns the version it pointed at before."""
+    from ..data.warehouse import transaction
+
+    with transaction(con):
+        return _set_alias(con, alias, version, reason, actor, action, run_id)
+
+
+def _set_alias(con, alias, version, reason, actor, action="promote", run_id=None):
+    from ..run.records import now
+
+    if alias not in ALIASES:
+        raise RegistryError(f"The 'alias' must be one of {ALIASES}; got {alias!r} instead."
+                            f"{did_you_mean(alias, ALIASES)}")
+    if action not in ACTIONS:
+        raise RegistryError(f"The 'action' of an alias change must be one of {ACTIONS}; got {action!r} instead."
+                            f"{did_you_mean(action, ACTIONS)}")
+    row = con.execute("SELECT version FROM model_aliases WHERE alias = ?", [alias]).fetchone()
+    previous = row[0] if row else None
+    if previous == version:
+        return previous
+    if version is None:
+        con.execute("DELETE FROM model_aliases WHERE alias = ?", [alias])
+    else:
+        con.execute("INSERT OR REPLACE INTO model_aliases VALUES (?, ?, ?)", [alias, version, now()])
+    con.execute("INSERT INTO alias_audit (seq, changed_at, alias, from_version, to_version, reason, actor, action, "
+                "run_id) VALUES (nextval('alias_audit_seq'), ?, ?, ?, ?, ?, ?, ?, ?)",
+                [now(), alias, previous, version, reason, actor, action, run_id])
+    return previous
+
+
+def promote(con, version: str, alias: str = "champion", reason: str = "promoted by hand",
+            actor: str = "cli", action: str = "promote", run_id: str | None = None) -> str | None:
+    """Make ``version`` the champion (or challenger). Promoting the challenger to champion ends a rollout:
+    the challenger alias is removed in the same transaction."""
+    from ..data.warehouse import transaction
+
+    version = resolve(con, version)
+    with transaction(con):
+        return _promote(con, version, alias, reason, actor, action, run_id)
+
+
+def _promote(con, version, alias, reason, actor, action, run_id):
+    previous = _set_alias(con, alias, version, reason, actor, action, run_id)
+    if alias == "champion" and aliases(con).get("challenger") == version:
+        _set_alias(con, "challenger", None, f"rollout finished: {version} is the champion", actor, action, run_id)
+    return previous
+
+
+def record_gate(con, tag: str, info: dict, decision: dict, run_id: str | None) -> str:
+    """A run's gate outcome, inside the caller's transaction: the registration, and the champion when the
+    model passed. Returns the version."""
+    version = register(con, tag, info, decision, run_id=run_id)
+    if decision.get("promote"):
+        _promote(con, version, "champion", "; ".join(decision.get("reasons") or []), "gate", "gate", run_id)
+    return version
+
+
+def rollback(con, alias: str = "champion", actor: str = "cli") -> tuple[str, str]:
+    """Point ``alias`` back at the version it had before the current one was set by a gate or a promotion;
+    rolling back again walks further back (rollback rows are never walked back through)."""
+    current = aliases(con).get(alias)
+    row = con.execute("SELECT from_version FROM alias_audit WHERE alias = ? AND to_version IS NOT DISTINCT FROM ? "
+                      "AND coalesce(action, 'promote') <> 'rollback' "
+                      "ORDER BY seq DESC LIMIT 1", [alias, current]).fetchone()
+    if current is None or row is None or row[0] is None:
+        raise RegistryError(f"Nothing to roll back: the {alias} ({current or 'none'}) has no earlier version "
+                            "in the audit log.")
+    set_alias(con, alias, row[0], f"rollback from {current}", actor, action="rollback")
+    return current, row[0]
+
+
+def versions(con) -> list[dict]:
+    from ..data.warehouse import records
+
+    rows = records(con, "SELECT * FROM model_versions ORDER BY created_at DESC, version")
+    current = aliases(con)
+    for r in rows:
+        r["aliases"] = sorted(a for a, v in current.items() if v == r["version"])
+        r["created_at"] = r["created_at"].isoformat() if r["created_at"] else None
+    return rows
+
+
+def show(con, name: str) -> dict:
+    version = resolve(con, name)
+    out = next(r for r in versions(con) if r["version"] == version)
+    out["registrations"] = registrations(con, version)
+    return out
+
+
+def audit(con, limit: int = 50) -> list[dict]:
+    from ..data.warehouse import records
+
+    rows = records(con, "SELECT * FROM alias_audit ORDER BY seq DESC LIMIT ?", [limit])
+    for r in rows:
+        r["changed_at"] = r["changed_at"].isoformat()
+    return rows
+
+
+def diff(con, a: str, b: str) -> list[tuple[str, object, object]]:
+    """Metrics and lineage of two versions side by side: (field, a's value, b's value)."""
+    left, right = show(con, a), show(con, b)
+    out = []
+    for section in ("metrics", "lineage", "gate"):
+        la, lb = _flatten(left.get(section) or {}), _flatten(right.get(section) or {})
+        la = {k: v for k, v in la.items() if not k.startswith("feature_schema.")}
+        lb = {k: v for k, v in lb.items() if not k.startswith("feature_schema.")}
+        for key in sorted(set(la) | set(lb)):
+            out.append((f"{section}.{key}", la.get(key), lb.get(key)))
+    return out
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

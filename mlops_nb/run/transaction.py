@@ -1,0 +1,459 @@
+"""One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does,
+whatever stops it: an error, Ctrl-C, SIGTERM, SIGKILL, a power loss.
+
+The order of a run:
+1. take the project's run lock (a second run is refused, naming the first one's pid; the OS releases
+   the lock of a process that died, so a dead run's lock is simply taken over);
+2. finish or undo a run that was killed before (``journal``), saying so in one line;
+3. fingerprint the tasks (``spec``) and, when nothing is stale, record an up-to-date run and stop, never
+   importing Ploomber, pandas or scikit-learn;
+4. write the journal, back up the products, take the warehouse's inventory (no copy of the warehouse:
+   tasks only add content-addressed objects to it, and a rollback drops what was added);
+5. build with Ploomber (``pipeline``); reports render in the background into the run's scratch folder;
+6. commit in one DuckDB transaction (the gate's registration and aliases, the run record), then save the
+   fingerprints, move the reports into place and drop the journal;
+   on failure or a signal, undo: the warehouse, the products, the registry and the reports are as they
+   were, and the failed run's record says what happened.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .. import config
+from ..errors import MlopsNbError, RunInterrupted, RunLockedError
+from . import journal, products
+from . import plan as spec
+from . import records as runs
+
+LOCK_FILE = ".run.lock"
+
+
+@dataclass
+class Outcome:
+    record: runs.RunRecord
+    stale: dict[str, str]
+    reports: list[Path]
+    error: MlopsNbError | None = None
+    recovered: str | None = None
+    undone: list[str] | None = None
+
+
+def crash_point(name: str) -> None:
+    """Where the crash tests kill a run for real: SIGKILL, no cleanup, at a named instant."""
+    if config.crash_at() == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def run_lock(settings: config.Settings) -> Iterator[None]:
+    """An exclusive, non-blocking lock on the project; released by the OS if the process dies."""
+    path = settings.path("data_dir") / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Path(path).read_text(encoding="utf-8").strip() or "unknown"
+            raise RunLockedError(
+                f"Another mlops-nb run is in progress in {settings.root} ({holder}). Wait for it to finish; "
+                f"if no run is going on, the lock {path} is stale: delete it.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, started {runs.now().isoformat(timespec='seconds')} UTC".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def run(settings: config.Settings, force: bool = False, target: str | None = None,
+        progress=None, announce=None) -> Outcome:
+    """``announce(line)`` is told at once when a killed run had to be finished or undone first."""
+    record = runs.RunRecord(runs.new_run_id(), runs.now(), params=settings.as_dict())
+    with run_lock(settings), _signals_interrupt():
+        recovered = recover(settings)
+        if recovered and announce:
+            announce(recovered)
+        state = spec.read_state(settings)
+        plan = spec.load_plan(settings, state=state)
+        if target is not None and target not in plan.tasks:
+            from ..errors import NotFoundError, did_you_mean
+            raise NotFoundError(f"No task named {target!r}; the tasks are {plan.order()}."
+                                f"{did_you_mean(target, plan.tasks)}")
+        scope = _closure(plan, target) if target else plan.order()
+        why = spec.stale_tasks(plan, state, settings.path("warehouse").exists())
+        stale = {t: why[t] for t in scope if t in why or force}
+        for t in stale:
+            stale[t] = why.get(t, "--force")
+        record.git_commit, record.git_dirty = runs.git_info(settings.root)
+        record.versions = runs.library_versions()
+        if not stale:
+            from .dag import TaskResult
+
+            record.status = "up-to-date"
+            record.tasks = [TaskResult(n, "skipped") for n in scope]
+            _lineage(plan, record)
+            record.ended_at = runs.now()
+            _save(settings, record)
+            return Outcome(record, {}, [], recovered=recovered)
+        outcome = _build(settings, plan, state, record, stale, target, scope, progress)
+        outcome.recovered = recovered
+        return outcome
+
+
+def recover_if_needed(settings: config.Settings) -> str | None:
+    """For commands other than ``run``: finish or undo a killed run first (skipped while a run is live)."""
+    if not journal.journal_path(settings).exists():
+        return None
+    try:
+        with run_lock(settings):
+            return recover(settings)
+    except RunLockedError:
+        return None
+
+
+def recover(settings: config.Settings) -> str | None:
+    """Under the run lock: finish a killed run that had committed, undo one that had not. One line."""
+    j = journal.read(settings)
+    if j is None:
+        if journal.scratch_dir(settings).exists():
+            shutil.rmtree(journal.scratch_dir(settings), ignore_errors=True)
+        return None
+    if j.phase == "preparing":
+        journal.remove(settings)
+        return f"Recovered: run {j.run_id} was stopped before it changed anything; its leftovers are removed."
+    if _committed(settings, j.run_id):
+        _finish(settings, j)
+        return f"Recovered: run {j.run_id} was stopped after it committed; its state and reports are now in place."
+    where = _where(j)
+    undone = _undo(settings, j, f"killed while {where}; rolled back by the next command")
+    return (f"Recovered: run {j.run_id} was killed while {where}; rolled back "
+            f"({'; '.join(undone) if undone else 'nothing had changed'}).")
+
+
+def _where(j: journal.Journal) -> str:
+    running = [name for name, (event, _) in j.tasks.items() if event == "start"]
+    if j.phase == "running" and running:
+        return f"running task {running[-1]}"
+    return {"running": "running", "committing": "committing", "restoring": "rolling back"}.get(j.phase, j.phase)
+
+
+def _committed(settings, run_id: str) -> bool:
+    from ..data import warehouse
+
+    if not settings.path("warehouse").exists():
+        return False
+    with warehouse.connect(settings=settings) as con:
+        if not warehouse.has_table(con, "runs"):
+            return False
+        row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    return bool(row) and row[0] == "succeeded"
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM become RunInterrupted in the main thread while a run holds the lock."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise RunInterrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _signals_deferred():
+    """While undoing or committing, a second Ctrl-C must not cut the work short (a SIGKILL still can:
+    the journal covers that)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _build(settings, plan, state, record, stale, target, scope, progress) -> Outcome:
+    from ..data import warehouse
+    from . import dag as pipeline
+
+    products_dir = settings.path("products_dir")
+    j = journal.Journal(record.run_id, os.getpid(), "preparing", products_dir.exists(),
+                        started_at=record.started_at.isoformat(), params=record.params)
+    shutil.rmtree(journal.scratch_dir(settings), ignore_errors=True)
+    j.save(settings)
+    crash_point("preparing")
+    if products_dir.exists():
+        shutil.copytree(products_dir, journal.backup_dir(settings), symlinks=True)
+        journal.fsync_tree(journal.backup_dir(settings))
+    with warehouse.connect(write=True, settings=settings) as con:
+        j.warehouse_before = warehouse.inventory(con)
+    renderer = _renderer(settings)
+    j.children = [renderer.pid] if renderer is not None else []
+    j.phase = "running"
+    j.save(settings)
+    crash_point("running")
+    tokens = {n: spec.token(plan, state, n, n in stale, record.run_id) for n in plan.tasks}
+    seen: dict[str, tuple[str, float]] = {}
+
+    def tracked(name: str, event: str, seconds: float) -> None:
+        seen[name] = (event, seconds)
+        j.tasks = dict(seen)
+        j.save(settings)
+        report = _rendering(renderer, plan, progress)
+        if report:
+            report(name, event, seconds)
+
+    try:
+        with config.override(settings, {config.ENV_RUN_ID: record.run_id}):
+            dag = pipeline.build_dag(plan, tokens, settings.pipeline.executor, settings.pipeline.task_timeout)
+            result = pipeline.execute(dag, target=target, progress=tracked,
+                                      task_timeout=settings.pipeline.task_timeout)
+        record.tasks = [t for t in result.tasks if t.name in scope]
+        if not result.ok:
+            failed_reports = _keep_failed_notebook(settings, plan, result.failed_task)
+            with _signals_deferred():
+                if renderer is not None:
+                    renderer.cancel()
+                undone = _undo(settings, j, str(result.error), record)
+            return Outcome(record, stale, failed_reports, error=result.error, undone=undone)
+        reports = renderer.finish(journal.ready_reports_dir(settings)) if renderer is not None else []
+        crash_point("before-commit")
+        with _signals_deferred():
+            built = [t.name for t in record.tasks if t.status == "ran"]
+            j.state_after = spec.new_state(plan, state, built, tokens)
+            journal.fsync_tree(products_dir)
+            j.phase = "committing"
+            j.save(settings)
+            record.status = "succeeded"
+            _lineage(plan, record)
+            record.ended_at = runs.now()
+            _commit(settings, plan, record)
+            crash_point("after-commit")
+            moved = _finish(settings, j)
+            if settings.gc.after_run:
+                from . import gc
+
+                gc.collect(settings, plan=plan)
+        names = {p.name for p in reports}
+        return Outcome(record, stale, [p for p in moved if p.name in names])
+    except BaseException as e:
+        with _signals_deferred():
+            if renderer is not None:
+                renderer.cancel()
+            if record.status == "succeeded" and _committed(settings, record.run_id):
+                _finish(settings, j)
+                raise
+            record.status = "running"
+            record.tasks = _tasks_so_far(scope, seen)
+            why = str(e) if isinstance(e, (MlopsNbError, RunInterrupted)) else f"{type(e).__name__}: {e}"
+            undone = _undo(settings, j, why, record)
+        if isinstance(e, RunInterrupted):
+            e.undone = undone
+        raise
+
+
+def _tasks_so_far(scope: list[str], seen: dict) -> list:
+    """The task table of a run stopped half-way: what ran, the task it stopped in, what never started."""
+    from .dag import TaskResult
+
+    status = {"ran": "ran", "failed": "failed", "start": "failed"}
+    return [TaskResult(n, status[seen[n][0]], seen[n][1]) if n in seen else TaskResult(n, "not-run")
+            for n in scope]
+
+
+def _commit(settings, plan, record) -> None:
+    """The commit point: the gate's registration and alias changes, and the run record, in one transaction."""
+    from .. import registry
+    from ..data import warehouse
+
+    gate = _receipt(plan, "gate")
+    with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
+        if gate is not None and record.model_version is not None and _ran(record, gate[0]):
+            decision = {k: v for k, v in gate[1].items() if k not in ("info", products.RECEIPT_KEY)}
+            registry.record_gate(con, gate[1]["tag"], gate[1]["info"], decision, record.run_id)
+            record.gate["aliases"] = registry.aliases(con)
+        runs.insert(con, record)
+
+
+def _ran(record, task_name: str) -> bool:
+    return any(t.name == task_name and t.status == "ran" for t in record.tasks)
+
+
+def _finish(settings, j: journal.Journal) -> list[Path]:
+    """After the commit: the state file, the reports into place, the scratch folder and journal gone."""
+    if j.state_after is not None:
+        products.write_json(spec.state_path(settings), j.state_after)
+    crash_point("finishing")
+    moved = []
+    ready = journal.ready_reports_dir(settings)
+    if ready.exists():
+        target = settings.path("reports_dir")
+        for f in sorted(ready.iterdir()):
+            target.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target / f.name)
+            moved.append(target / f.name)
+    journal.remove(settings)
+    return moved
+
+
+def _undo(settings, j: journal.Journal, why: str, record: runs.RunRecord | None = None) -> list[str]:
+    """Put the project back as it was before run ``j``; returns what was undone. Idempotent: a copy killed
+    half-way is finished by the next one."""
+    from .. import registry
+    from ..data import warehouse
+
+    j.phase = "restoring"
+    j.save(settings)
+    _stop_children(j.children)
+    undone = []
+    with warehouse.connect(write=True, settings=settings) as con:
+        removed = warehouse.undo_since(con, j.warehouse_before) if j.warehouse_before else []
+        if removed:
+            undone.append("warehouse: removed " + ", ".join(removed))
+        crash_point("restoring")
+        stores = registry.remove_unregistered(con, settings)
+        if stores:
+            undone.append("model store: removed " + ", ".join(stores))
+        products_dir = settings.path("products_dir")
+        backup = journal.backup_dir(settings)
+        if j.products_existed and backup.exists():
+            shutil.rmtree(products_dir, ignore_errors=True)
+            os.replace(backup, products_dir)
+            undone.append(f"products: restored {products_dir}")
+        elif not j.products_existed and products_dir.exists():
+            shutil.rmtree(products_dir)
+            undone.append(f"products: removed {products_dir}")
+        if record is None:
+            from datetime import datetime
+
+            started = datetime.fromisoformat(j.started_at) if j.started_at else runs.now()
+            record = runs.RunRecord(j.run_id, started, params=j.params or {})
+            record.tasks = _tasks_so_far(list(j.tasks), j.tasks)
+        record.status, record.error, record.ended_at = "failed", why, runs.now()
+        if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
+            runs.save(con, record)
+    staged = journal.scratch_dir(settings)
+    if staged.exists():
+        undone.append("reports: dropped this run's")
+    journal.remove(settings)
+    return undone
+
+
+def _stop_children(pids: list[int]) -> None:
+    """End a killed run's report renderer, if it still runs (checked to be ours by its command line)."""
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"mlops_nb" in cmdline and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _renderer(settings):
+    """A background renderer of the run's reports, when reports are on."""
+    if not settings.pipeline.reports:
+        return None
+    from .reports import Renderer
+
+    return Renderer(journal.scratch_dir(settings))
+
+
+def _rendering(renderer, plan, progress):
+    """The progress callback, also handing each task's executed notebook to the renderer when it ends."""
+    if renderer is None:
+        return progress
+
+    def report(name: str, event: str, seconds: float) -> None:
+        if progress:
+            progress(name, event, seconds)
+        nb = plan.tasks[name].products.get("nb")
+        if event == "ran" and nb is not None and nb.suffix == ".ipynb":
+            renderer.submit(nb, name)
+
+    return report
+
+
+def _closure(plan: spec.Plan, target: str) -> list[str]:
+    """``target`` and everything upstream of it, in plan order."""
+    needed, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(plan.tasks[name].upstream)
+    return [n for n in plan.order() if n in needed]
+
+
+def _keep_failed_notebook(settings, plan, failed_task) -> list[Path]:
+    """The failing task's executed notebook, rendered under reports/failed/ before products are restored."""
+    if not failed_task or not settings.pipeline.reports:
+        return []
+    nb = plan.tasks[failed_task].products.get("nb")
+    if nb is None or not nb.exists() or nb.suffix != ".ipynb":
+        return []
+    from . import reports as reporting
+
+    try:
+        return [reporting.render(nb, settings.path("reports_dir") / "failed" / f"{failed_task}.html",
+                                 title=f"{failed_task} (failed)")]
+    except Exception:  # a broken partial notebook must not hide the task's own error
+        return []
+
+
+def _receipt(plan: spec.Plan, kind: str) -> tuple[str, dict] | None:
+    """(task, receipt) of the JSON product that says it is a ``kind`` receipt (``products.RECEIPT_KEY``):
+    the runner finds products by what they are, not by their key in pipeline.yaml."""
+    for task in plan.tasks.values():
+        for path in task.products.values():
+            if path.suffix != ".json" or not path.exists():
+                continue
+            data = products.read_json(path)
+            if isinstance(data, dict) and data.get(products.RECEIPT_KEY) == kind:
+                return task.name, data
+    return None
+
+
+def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
+    """Snapshot, metrics and the gate's decision, from the current products, into the run record."""
+    if (found := _receipt(plan, "snapshot")) is not None:
+        record.snapshot_id = found[1].get("snapshot_id")
+    if (found := _receipt(plan, "metrics")) is not None:
+        record.metrics = found[1].get("test", found[1])
+    if (found := _receipt(plan, "gate")) is not None:
+        decision = found[1]
+        record.model_version = decision["version"]
+        record.gate = {"promote": decision.get("promote"), "reasons": decision.get("reasons"),
+                       "aliases": decision.get("aliases")}
+
+
+def _save(settings: config.Settings, record: runs.RunRecord) -> None:
+    from ..data import warehouse
+
+    with warehouse.connect(write=True, settings=settings) as con:
+        runs.save(con, record)

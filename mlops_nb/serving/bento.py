@@ -1,0 +1,70 @@
+"""`mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
+
+A Bento must pin its model: ``build`` resolves the registry's aliases to exact tags now, writes them to
+``pinned.json`` in a fresh build context with the package and the settings, and asks ``bentoml build``
+for those models only. Package locking is off (it would resolve against the index: no network here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .. import config, registry
+from ..data import warehouse
+from ..errors import MlopsNbError
+
+SERVICE = "mlops_nb.serving.service:FlightDelay"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+class BuildError(MlopsNbError):
+    """`bentoml build` failed."""
+
+
+def tool_env(settings: config.Settings) -> dict:
+    env = dict(os.environ)
+    env.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
+    env.update({"BENTOML_DO_NOT_TRACK": "true", "MLOPS_NB_SETTINGS": str(settings.file)})
+    return env
+
+
+def bentoml_cli() -> str:
+    return str(Path(sys.executable).with_name("bentoml"))
+
+
+def serve_command(settings: config.Settings, port: int, host: str = "127.0.0.1", bento: str | None = None) -> list[str]:
+    return [bentoml_cli(), "serve", bento or SERVICE, "--host", host, "--port", str(port)]
+
+
+def pinned_models(settings: config.Settings, purpose: str = "to build a Bento of") -> dict[str, dict]:
+    with warehouse.connect(settings=settings) as con:
+        return registry.served(con, purpose)
+
+
+def build(settings: config.Settings) -> str:
+    """Build the Bento; returns its tag."""
+    models = pinned_models(settings)
+    with tempfile.TemporaryDirectory(prefix="mlops-nb-bento-") as tmp:
+        ctx = Path(tmp)
+        shutil.copytree(PACKAGE_DIR, ctx / "mlops_nb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("bentofile.yaml", "requirements.lock"):
+            shutil.copy2(settings.root / name, ctx / name)
+        shutil.copy2(settings.file, ctx / "settings.ini")
+        (ctx / "pinned.json").write_text(json.dumps({"models": models}, indent=2, sort_keys=True))
+        spec = (ctx / "bentofile.yaml").read_text()
+        spec += "models:\n" + "".join(f'  - "{tag}"\n' for tag in sorted({m["tag"] for m in models.values()}))
+        (ctx / "bentofile.yaml").write_text(spec)
+        res = subprocess.run([bentoml_cli(), "build", ".", "--output", "tag"], cwd=ctx, capture_output=True,
+                             text=True, env=tool_env(settings), timeout=600)
+    if res.returncode != 0:
+        raise BuildError(f"bentoml build failed (exit {res.returncode}):\n{(res.stderr or res.stdout)[-3000:]}")
+    found = re.findall(r"__tag__:(\S+)", res.stdout) or re.findall(r"(\S+:\S+)\s*$", res.stdout.strip())
+    if not found:
+        raise BuildError(f"bentoml build did not print a tag:\n{res.stdout[-2000:]}")
+    return found[-1]
