@@ -89,9 +89,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
                                 f"{did_you_mean(target, plan.tasks)}")
         scope = _closure(plan, target) if target else plan.order()
         why = spec.stale_tasks(plan, state, settings.path("warehouse").exists())
-        stale = {t: why[t] for t in scope if t in why or force}
-        for t in stale:
-            stale[t] = why.get(t, "--force")
+        stale = {t: why.get(t, "--force") for t in scope if t in why or force}
         record.git_commit, record.git_dirty = runs.git_info(settings.root)
         record.versions = runs.library_versions()
         if not stale:
