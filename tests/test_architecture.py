@@ -22,9 +22,6 @@ GENERATED = EXPORTED | {"_modidx"}
 # The layers, top first: a module imports modules of its own layer or of the layers below it, never above.
 # "base" is config, errors, lib (the generated model code) and the package's __init__ and _modidx.
 LAYERS = ["cli", "serving", "run", "registry", "data", "base"]
-# Known imports against the order, each inside a function: the registry checks a model file's sha256
-# with run.products.load_model and stamps its rows with run.records.now.
-UPWARD = {("registry.versions", "run.products"), ("registry.versions", "run.records")}
 
 
 def modules() -> dict[str, Path]:
@@ -141,17 +138,15 @@ def test_package_never_imports_the_notebooks():
 
 
 def test_layers_import_downwards_only():
-    """cli -> serving -> run -> registry -> data -> config, errors, lib: never up (but the UPWARD ones)."""
+    """cli -> serving -> run -> registry -> data -> config, errors, lib: never up."""
     names = set(modules())
     bad = set()
     for name, path in modules().items():
         for imported in ours(path):
             target = imported if imported in names else imported.rsplit(".", 1)[0]
-            if LAYERS.index(layer(target)) < LAYERS.index(layer(name)) and (name, target) not in UPWARD:
+            if LAYERS.index(layer(target)) < LAYERS.index(layer(name)):
                 bad.add((name, target))
     assert bad == set(), f"imports against the layer order {LAYERS}: {sorted(bad)}"
-    for name, target in UPWARD:  # each exception is still needed, or it goes
-        assert target in ours(modules()[name]), f"{name} no longer imports {target}: drop it from UPWARD"
 
 
 def test_serving_never_imports_run():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..lib.transforms import RECORD
+
 # type families: what DuckDB types a column may have
 FAMILIES = {
     "int": {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
@@ -53,38 +55,45 @@ class Table:
         return next(c for c in self.columns if c.name == name)
 
 
+def _record(name: str, family: str, field: str | None = None, **rules) -> Column:
+    """A column that feeds the model's flight record: its range is the record's (``lib.transforms.RECORD``,
+    which the service's request schema also uses), so the data and the requests are held to one rule."""
+    _, low, high, _ = RECORD[field or name]
+    return Column(name, family, min=low, max=high, **rules)
+
+
 CONTRACTS: dict[str, Table] = {t.name: t for t in (
     Table("flights", (
-        Column("year", "int", not_null=True, min=1900, max=2100),
-        Column("month", "int", not_null=True, min=1, max=12),
-        Column("day", "int", not_null=True, min=1, max=31),
-        Column("sched_dep_time", "int", not_null=True, min=0, max=2359),
-        Column("sched_arr_time", "int", not_null=True, min=0, max=2359),
+        _record("year", "int", not_null=True),
+        _record("month", "int", not_null=True),
+        _record("day", "int", not_null=True),
+        _record("sched_dep_time", "int", not_null=True),
+        _record("sched_arr_time", "int", not_null=True),
         Column("arr_delay", "number", min=-180, max=2000),
         Column("carrier", "text", not_null=True, in_table=("airlines", "carrier")),
         Column("flight", "int", not_null=True, min=0),
         Column("tailnum", "text"),
         Column("origin", "text", not_null=True, in_table=("weather", "origin")),
         Column("dest", "text", not_null=True),
-        Column("distance", "number", not_null=True, min=1, max=10000),
+        _record("distance", "number", not_null=True),
         Column("hour", "int", not_null=True, min=0, max=23),
         Column("minute", "int", not_null=True, min=0, max=59),
     )),
     Table("weather", (
         Column("origin", "text", not_null=True),
         Column("year", "int", not_null=True),
-        Column("month", "int", not_null=True, min=1, max=12),
-        Column("day", "int", not_null=True, min=1, max=31),
+        _record("month", "int", not_null=True),
+        _record("day", "int", not_null=True),
         Column("hour", "int", not_null=True, min=0, max=23),
-        Column("temp", "number", min=-60, max=140),
-        Column("dewp", "number", min=-80, max=100),
-        Column("humid", "number", min=0, max=100),
-        Column("wind_dir", "number", min=0, max=360),
-        Column("wind_speed", "number", min=0, max=150, severity="warn"),
-        Column("wind_gust", "number", min=0, max=200, severity="warn"),
-        Column("precip", "number", min=0, max=10),
-        Column("pressure", "number", min=850, max=1100),
-        Column("visib", "number", min=0, max=100),
+        _record("temp", "number"),
+        _record("dewp", "number"),
+        _record("humid", "number"),
+        _record("wind_dir", "number"),
+        _record("wind_speed", "number", severity="warn"),
+        _record("wind_gust", "number", severity="warn"),
+        _record("precip", "number"),
+        _record("pressure", "number"),
+        _record("visib", "number"),
     )),
     Table("airlines", (
         Column("carrier", "text", not_null=True),
@@ -95,8 +104,8 @@ CONTRACTS: dict[str, Table] = {t.name: t for t in (
     ), required=False),
     Table("planes", (
         Column("tailnum", "text", not_null=True),
-        Column("year", "number", min=1900, max=2100),
-        Column("seats", "number", min=1, max=1000),
+        _record("year", "number", field="plane_year"),
+        _record("seats", "number", field="plane_seats"),
     ), required=False),
 )}
 

@@ -21,7 +21,7 @@ from .. import config
 from ..errors import MlopsNbError, NotFoundError, did_you_mean
 
 __all__ = ["ACTIONS", "ALIASES", "INFO_FILE", "MODEL_FILE", "PROFILES_DIR", "RegistryError", "Version", "aliases",
-           "audit", "champion", "diff", "expected_sha256", "load", "load_version", "model_dir", "promote",
+           "audit", "champion", "diff", "expected_sha256", "load", "load_file", "load_version", "model_dir", "promote",
            "record_gate", "register", "registrations", "remove_unregistered", "resolve", "rollback", "save",
            "served", "set_alias", "show", "store_dirs", "versions"]
 
@@ -123,6 +123,12 @@ def remove_unregistered(con, settings: config.Settings) -> list[str]:
     return removed
 
 
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
 def _primitive(obj):
     """BentoML metadata takes plain types and no None: unknown values become ''."""
     if isinstance(obj, dict):
@@ -148,11 +154,25 @@ def model_dir(tag: str, settings: config.Settings | None = None, store=None) -> 
 def load(tag: str, sha256: str, store=None):
     """The fitted estimator and its info. ``sha256`` is the file's hash as the registry recorded it (see
     ``served``, ``expected_sha256``): a file changed in the store after registration is refused."""
-    from ..run.products import load_model
-
     d = model_dir(tag, store=store)
     info = json.loads((d / INFO_FILE).read_text())
-    return load_model(d / MODEL_FILE, sha256), info
+    return load_file(d / MODEL_FILE, sha256), info
+
+
+def load_file(path, sha256: str | None):
+    """Unpickle a model file, refusing one whose bytes are not the ones recorded."""
+    import hashlib
+
+    import joblib
+
+    from ..errors import DataError
+
+    found = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if sha256 and found != sha256:
+        raise DataError(f"The model file {path} is not the one that was recorded: its sha256 is {found[:16]}..., "
+                        f"expected {sha256[:16]}.... It was changed after it was written; run the pipeline again "
+                        "(`mlops-nb run --force`) to rebuild it.")
+    return joblib.load(path)
 
 
 def load_version(con, name: str, store=None):
@@ -197,20 +217,19 @@ def register(con, tag: str, info: dict, gate: dict | None, run_id: str | None = 
     """Record a stored model for a run; returns its version. The first registration of the trained bytes
     creates the version; a later run that trained the same bytes adds its own registration row (its gate
     decision, metrics and run id) and rewrites nothing."""
-    from ..run.records import now
 
     version = tag.split(":", 1)[1]
     sha256 = info.get("model_sha256")
     if not con.execute("SELECT 1 FROM model_versions WHERE version = ?", [version]).fetchone():
         con.execute("INSERT INTO model_versions (version, tag, created_at, run_id, metrics, lineage, gate, sha256) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
-            version, tag, now(), run_id, json.dumps(info.get("metrics", {}), default=str),
+            version, tag, _now(), run_id, json.dumps(info.get("metrics", {}), default=str),
             json.dumps({k: info.get(k) for k in ("lineage", "params", "kind", "seed", "snapshot_id",
                                                   "feature_set_id", "feature_schema", "model_sha256")}, default=str),
             json.dumps(gate, default=str) if gate is not None else None, sha256])
     if run_id is not None:
         con.execute("INSERT OR REPLACE INTO model_registrations VALUES (?, ?, ?, ?, ?, ?)", [
-            version, run_id, now(), json.dumps(info.get("metrics", {}), default=str),
+            version, run_id, _now(), json.dumps(info.get("metrics", {}), default=str),
             json.dumps(gate, default=str) if gate is not None else None, bool(gate and gate.get("promote"))])
     return version
 
@@ -258,7 +277,6 @@ def set_alias(con, alias: str, version: str | None, reason: str, actor: str = "c
 
 
 def _set_alias(con, alias, version, reason, actor, action="promote", run_id=None):
-    from ..run.records import now
 
     if alias not in ALIASES:
         raise RegistryError(f"The 'alias' must be one of {ALIASES}; got {alias!r} instead."
@@ -273,10 +291,10 @@ def _set_alias(con, alias, version, reason, actor, action="promote", run_id=None
     if version is None:
         con.execute("DELETE FROM model_aliases WHERE alias = ?", [alias])
     else:
-        con.execute("INSERT OR REPLACE INTO model_aliases VALUES (?, ?, ?)", [alias, version, now()])
+        con.execute("INSERT OR REPLACE INTO model_aliases VALUES (?, ?, ?)", [alias, version, _now()])
     con.execute("INSERT INTO alias_audit (seq, changed_at, alias, from_version, to_version, reason, actor, action, "
                 "run_id) VALUES (nextval('alias_audit_seq'), ?, ?, ?, ?, ?, ?, ?, ?)",
-                [now(), alias, previous, version, reason, actor, action, run_id])
+                [_now(), alias, previous, version, reason, actor, action, run_id])
     return previous
 
 

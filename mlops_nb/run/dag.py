@@ -205,7 +205,7 @@ def _time_limit(name: str, seconds: int | None):
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
-    from .errors import TaskTimeoutError
+    from ..errors import TaskTimeoutError
 
     def expire(signum, frame):
         raise TaskTimeoutError(f"Task {name!r} ran longer than pipeline.task_timeout = {seconds} s and was "

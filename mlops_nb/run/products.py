@@ -54,15 +54,7 @@ def save_model(estimator, path) -> str:
 
 
 def load_model(path, sha256: str | None = None):
-    """Unpickle a model, refusing a file whose bytes are not the ones recorded."""
-    import hashlib
+    """Unpickle a model, refusing a file whose bytes are not the ones recorded (the registry's check)."""
+    from ..registry.versions import load_file
 
-    import joblib
-
-    from ..errors import DataError
-
-    data = Path(path).read_bytes()
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        raise DataError(f"The model file {path} is not the one its task wrote (sha256 differs); "
-                        "rerun the pipeline with --force.")
-    return joblib.load(path)
+    return load_file(path, sha256)
