@@ -368,6 +368,22 @@ def export_tool_env(settings: Settings) -> None:
     os.environ.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
 
 
+def child_environment(extra: Mapping[str, str] | None = None, python_path: str | None = None) -> dict[str, str]:
+    """The environment for a child process: this one's, plus ``extra``, with ``python_path`` first on
+    PYTHONPATH. Children get the environment from here, so that no other module reads it."""
+    env = {**os.environ, **(extra or {})}
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [python_path, os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def tool_environment(settings: Settings) -> dict[str, str]:
+    """The environment of a BentoML command: the project's store unless BENTOML_HOME is set, these settings."""
+    env = child_environment({"BENTOML_DO_NOT_TRACK": "true", ENV_SETTINGS: str(settings.file)})
+    env.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
+    return env
+
+
 def export_bentoml_home(store: Path) -> None:
     os.environ.setdefault("BENTOML_HOME", str(store))
 

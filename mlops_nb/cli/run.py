@@ -98,7 +98,7 @@ def cmd_runs(args) -> int:
 
     settings = config.load()
     with warehouse.connect(settings=settings) as con:
-        rows = runs.list_runs(con, args.limit)
+        rows = runs.list_runs(con, args.limit, settings.path("data_dir"))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..lib.transforms import RECORD
+from ..lib.record import RECORD
 
 # type families: what DuckDB types a column may have
 FAMILIES = {
@@ -56,7 +56,7 @@ class Table:
 
 
 def _record(name: str, family: str, field: str | None = None, **rules) -> Column:
-    """A column that feeds the model's flight record: its range is the record's (``lib.transforms.RECORD``,
+    """A column that feeds the model's flight record: its range is the record's (``lib.record.RECORD``,
     which the service's request schema also uses), so the data and the requests are held to one rule."""
     _, low, high, _ = RECORD[field or name]
     return Column(name, family, min=low, max=high, **rules)

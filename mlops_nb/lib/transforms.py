@@ -8,40 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .record import CATEGORICAL, LABEL, NUMERIC, RECORD, REQUIRED  # noqa: F401 (re-exported)
+
 # %% auto #0
-__all__ = ['RECORD', 'REQUIRED', 'LABEL', 'CATEGORICAL', 'NUMERIC', 'record_frame', 'derive']
-
-# %% ../../notebooks/lib/00_transforms.ipynb #528c2c3a
-RECORD = {
-    # name: (kind, minimum, maximum, description)
-    "year": ("number", 1900, 2100, "scheduled departure: year"),
-    "month": ("number", 1, 12, "scheduled departure: month"),
-    "day": ("number", 1, 31, "scheduled departure: day of month"),
-    "sched_dep_time": ("number", 0, 2359, "scheduled departure, local time as HHMM"),
-    "sched_arr_time": ("number", 0, 2359, "scheduled arrival, local time as HHMM"),
-    "carrier": ("category", None, None, "two-letter carrier code"),
-    "origin": ("category", None, None, "origin airport (FAA code)"),
-    "dest": ("category", None, None, "destination airport (FAA code)"),
-    "distance": ("number", 1, 10000, "miles between the airports"),
-    "plane_year": ("number", 1900, 2100, "year the plane was built (missing if unknown)"),
-    "plane_seats": ("number", 1, 1000, "seats in the plane (missing if unknown)"),
-    "temp": ("number", -60, 140, "temperature at the origin in the departure hour, F"),
-    "dewp": ("number", -80, 100, "dew point, F"),
-    "humid": ("number", 0, 100, "relative humidity, %"),
-    "wind_dir": ("number", 0, 360, "wind direction, degrees"),
-    "wind_speed": ("number", 0, 150, "wind speed, mph"),
-    "wind_gust": ("number", 0, 200, "wind gust, mph"),
-    "precip": ("number", 0, 10, "precipitation, inches"),
-    "pressure": ("number", 850, 1100, "sea level pressure, millibars"),
-    "visib": ("number", 0, 100, "visibility, miles"),
-}
-REQUIRED = ("year", "month", "day", "sched_dep_time", "sched_arr_time", "carrier", "origin", "dest", "distance")
-LABEL = "late"
-
-CATEGORICAL = ["carrier", "origin", "dest"]
-NUMERIC = ["month", "distance", "plane_seats", "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust",
-           "precip", "pressure", "visib", "dep_hour", "dep_minute_of_day", "arr_hour", "day_of_week",
-           "day_of_year", "plane_age", "overnight"]
+__all__ = ['record_frame', 'derive']
 
 # %% ../../notebooks/lib/00_transforms.ipynb #09652dc1
 def record_frame(rows) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from ..lib.transforms import RECORD
+from ..lib.record import RECORD
 
 # Real-looking flights that every model must score: ordinary ones, a night flight over midnight, one with
 # nothing known of its plane or weather, and one from a carrier and to an airport it has never seen.

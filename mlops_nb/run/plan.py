@@ -13,6 +13,7 @@ parameter a task, ``mlops_nb_token``, which changes exactly when the task must r
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import re
@@ -143,10 +144,16 @@ def imported_modules(text: str, package: str = "") -> set[str]:
     """Dotted names below mlops_nb ('config', 'data.features') of the modules a piece of Python imports
     (absolutely, or relatively inside the package: ``package`` is then the subpackage the text is a module
     of, '' for the package's top)."""
+    return set(_imported_modules(text, package))
+
+
+@functools.lru_cache(maxsize=256)
+def _imported_modules(text: str, package: str) -> frozenset[str]:
+    """Parsed once a process: the tasks of a plan import mostly the same modules."""
     try:
         tree = ast.parse(text)
     except SyntaxError:
-        return set()
+        return frozenset()
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -165,7 +172,7 @@ def imported_modules(text: str, package: str = "") -> set[str]:
             for a in node.names:  # a module (or subpackage) of base, or a name inside base
                 name = f"{base}.{a.name}" if base else a.name
                 found.add(name if module_file(name) else base)
-    return {m for m in found if m and module_file(m)}
+    return frozenset(m for m in found if m and module_file(m))
 
 
 def code_hash(notebook_text: str) -> str:
@@ -247,16 +254,10 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
     return plan
 
 
-def result_library_versions() -> dict[str, str]:
-    from importlib import metadata
+def result_library_versions() -> dict[str, str | None]:
+    from .records import installed_versions
 
-    out = {}
-    for name in RESULT_LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return installed_versions(RESULT_LIBRARIES)
 
 
 DATA_KEYS = ("data.source", "data.flights", "data.weather", "data.months")

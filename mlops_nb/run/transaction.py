@@ -288,6 +288,7 @@ def _commit(settings, plan, record) -> None:
 
     gate = _receipt(plan, "gate")
     with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
+        runs.flush_pending(con, settings.path("data_dir"))
         if gate is not None and record.model_version is not None and _ran(record, gate[0]):
             decision = {k: v for k, v in gate[1].items() if k not in ("info", products.RECEIPT_KEY)}
             registry.record_gate(con, gate[1]["tag"], gate[1]["info"], decision, record.run_id)
@@ -303,6 +304,7 @@ def _finish(settings, j: journal.Journal) -> list[Path]:
     """After the commit: the state file, the reports into place, the scratch folder and journal gone."""
     if j.state_after is not None:
         products.write_json(spec.state_path(settings), j.state_after)
+    runs.clear_pending(settings.path("data_dir"))  # moved into the runs table by the commit
     crash_point("finishing")
     moved = []
     ready = journal.ready_reports_dir(settings)
@@ -350,8 +352,11 @@ def _undo(settings, j: journal.Journal, why: str, record: runs.RunRecord | None 
             record = runs.RunRecord(j.run_id, started, params=j.params or {})
             record.tasks = _tasks_so_far(list(j.tasks), j.tasks)
         record.status, record.error, record.ended_at = "failed", why, runs.now()
-        if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
-            runs.save(con, record)
+        with warehouse.transaction(con):
+            runs.flush_pending(con, settings.path("data_dir"))
+            if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
+                runs.insert(con, record)
+        runs.clear_pending(settings.path("data_dir"))
     staged = journal.scratch_dir(settings)
     if staged.exists():
         undone.append("reports: dropped this run's")
@@ -451,7 +456,5 @@ def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
 
 
 def _save(settings: config.Settings, record: runs.RunRecord) -> None:
-    from ..data import warehouse
-
-    with warehouse.connect(write=True, settings=settings) as con:
-        runs.save(con, record)
+    """An up-to-date run: recorded beside the warehouse, moved into it by the next write (no DuckDB here)."""
+    runs.append_pending(settings.path("data_dir"), record)

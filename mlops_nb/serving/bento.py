@@ -7,7 +7,6 @@ for those models only. Package locking is off (it would resolve against the inde
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -28,10 +27,7 @@ class BuildError(MlopsNbError):
 
 
 def tool_env(settings: config.Settings) -> dict:
-    env = dict(os.environ)
-    env.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
-    env.update({"BENTOML_DO_NOT_TRACK": "true", "MLOPS_NB_SETTINGS": str(settings.file)})
-    return env
+    return config.tool_environment(settings)
 
 
 def bentoml_cli() -> str:

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..lib.transforms import RECORD
+from .. import config
+from ..lib.record import RECORD
 from .profiler import send, window_path
 
 DRAIN_SECONDS = 2.0       # how often queued rows are written to the prediction log
@@ -50,8 +51,7 @@ class Recorder:
         (self.dir / "profiles").mkdir(parents=True, exist_ok=True)
         (self.dir / "predictions").mkdir(parents=True, exist_ok=True)
         package_root = str(Path(__file__).resolve().parents[2])  # importable from a Bento's source too
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
-                                                                         os.environ.get("PYTHONPATH")]))}
+        env = config.child_environment(python_path=package_root)
         self._process = subprocess.Popen([sys.executable, "-m", "mlops_nb.serving.profiler", str(self.dir),
                                           self.worker], stdin=subprocess.PIPE, env=env)
         self._thread.start()

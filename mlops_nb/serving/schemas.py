@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from ..lib.transforms import RECORD, REQUIRED
+from ..lib.record import RECORD, REQUIRED
 
 CODE = r"^[A-Za-z0-9]{1,8}$"
 INTEGER_FIELDS = {"year", "month", "day", "sched_dep_time", "sched_arr_time"}

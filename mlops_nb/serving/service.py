@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from .. import config, registry
 from ..errors import MlopsNbError
 from ..lib.model import predict_proba
-from ..lib.transforms import RECORD
+from ..lib.record import RECORD
 from .limits import BodyLimit
 from .recorder import Recorder
 from .schemas import ModelInfo, Prediction, request_models
