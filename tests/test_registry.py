@@ -72,7 +72,10 @@ def test_models_show_by_version_prefix_and_alias(served):
     tag = mlops_ok(served.pristine, "models", "show", f"{MODEL_NAME}:{served.v1}", "--json").json()
     assert full == prefix == alias == tag
     assert full["version"] == served.v1 and full["aliases"] == ["champion"]
+    registrations = full.pop("registrations")
     assert full == served.version(served.v1)
+    assert [r["run_id"] for r in registrations] == [full["run_id"]], "one registration: the run that trained it"
+    assert registrations[0]["promoted"] is True and registrations[0]["gate"]["promote"] is True
 
 
 def test_models_diff_json(served):
