@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import tempfile
@@ -75,12 +76,13 @@ def crash_at(project: Path, point: str, *args) -> Killed:
 
 
 def stop_on_line(project: Path, line: str, *args, delay: float = 0.0, sig=signal.SIGKILL,
-                 env: dict | None = None) -> Killed:
+                 env: dict | None = None, group: bool = False) -> Killed:
     """Start ``mlops-nb *args``, send ``sig`` once a stderr line contains ``line`` (after ``delay``
-    seconds), and wait for the process to end."""
+    seconds), and wait for the process to end. ``group``: to its whole process group, as Ctrl-C in a
+    terminal does (its report renderer gets the signal too)."""
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen([str(CLI), *args], cwd=project, env=cli_env(env), stdout=out,
-                                stderr=subprocess.PIPE, text=True, bufsize=1)
+                                stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=group)
         watchdog = threading.Timer(STEP_TIMEOUT, proc.kill)
         watchdog.start()
         lines, sent = [], False
@@ -89,7 +91,10 @@ def stop_on_line(project: Path, line: str, *args, delay: float = 0.0, sig=signal
                 lines.append(text)
                 if not sent and line in text:
                     time.sleep(delay)
-                    proc.send_signal(sig)
+                    if group:
+                        os.killpg(proc.pid, sig)
+                    else:
+                        proc.send_signal(sig)
                     sent = True
             proc.wait(timeout=STEP_TIMEOUT)
         finally:
@@ -131,10 +136,13 @@ class Snapshot:
 
 
 def query(project: Path, sql: str) -> list[tuple]:
-    from mlops_nb.warehouse import connect
+    import duckdb
 
-    with connect(path=project / WAREHOUSE) as con:
+    con = duckdb.connect(str(project / WAREHOUSE), read_only=True)
+    try:
         return con.execute(sql).fetchall()
+    finally:
+        con.close()
 
 
 def snapshot(project: Path) -> Snapshot:
@@ -152,8 +160,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+STORE = Path("data/bentoml/models") / MODEL_NAME
+
+
 def store_versions(project: Path) -> set[str]:
-    root = project / "data" / "bentoml" / "models" / MODEL_NAME
+    root = project / STORE
     return {d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else set()
 
 
@@ -178,6 +189,20 @@ def product_paths(project: Path) -> dict[tuple[str, str], Path]:
     return out
 
 
+def live_helpers(project: Path) -> list[str]:
+    """Processes still working in the project's scratch folder (a killed run's report renderer)."""
+    scratch = str(project / "data" / ".mlops-nb-run").encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and scratch in cmdline:
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
 def warehouse_opens(project: Path) -> None:
     import duckdb
 
@@ -193,17 +218,20 @@ def invariants(project: Path, before: Snapshot, outcome: str, run_id: str | None
     warehouse_opens(project)
     now = snapshot(project)
     assert leftovers(project) == [], "left behind in data/"
+    assert live_helpers(project) == [], "a process of the killed run still works in its scratch folder"
     assert store_versions(project) == now.versions, "model-store folders != registered versions"
+    latest = project / STORE / "latest"
+    assert not latest.exists() or latest.read_text().strip() in now.versions, "the store's 'latest' is gone"
     for old, status in before.runs.items():
         assert now.runs.get(old) == status, f"run {old} changed"
     assert run_id is not None, "the killed run left no journal: its run id is unknown"
     if outcome == ROLLED_BACK:
-        assert now.runs.get(run_id) == "failed", f"run {run_id}: {now.runs.get(run_id)} (runs: {now.runs})"
         assert now.tables == before.tables, "warehouse tables changed"
         assert now.aliases == before.aliases, "aliases changed"
         assert now.versions == before.versions, "model registry changed"
         assert now.products == before.products, "products changed"
         assert now.reports == before.reports, "reports changed"
+        assert now.runs.get(run_id) == "failed", f"killed run {run_id} is recorded as {now.runs.get(run_id)}"
     else:
         assert now.runs.get(run_id) == "succeeded", f"run {run_id}: {now.runs.get(run_id)}"
         ((version, gate),) = query(project, f"SELECT model_version, gate FROM runs WHERE run_id = '{run_id}'")
@@ -228,10 +256,12 @@ def invariants(project: Path, before: Snapshot, outcome: str, run_id: str | None
     return now
 
 
-def recover(project: Path, *command: str) -> None:
-    """The next command finishes or undoes the killed run, saying so in exactly one line."""
+def recover(project: Path, *command: str) -> str:
+    """The next command finishes or undoes the killed run, saying so in exactly one line (returned)."""
     result = step(project, *command)
-    assert len(recovered_lines(result.stderr)) == 1, str(result)
+    lines = recovered_lines(result.stderr)
+    assert len(lines) == 1, str(result)
+    return lines[0]
 
 
 def up_to_date(project: Path, *args: str):
@@ -269,6 +299,8 @@ def test_sigkill_at_fault_point(project, point, outcome, command):
     before = snapshot(project)
     killed = crash_at(project, point, *SEED_RUN)
     warehouse_opens(project)
+    if point == "before-commit":  # there is something to undo: the new model is in the store, unregistered
+        assert store_versions(project) - before.versions, "no new model-store folder before the commit"
     recover(project, *command)
     invariants(project, before, outcome, killed.run_id)
     then_next_runs_work(project, outcome)
@@ -284,8 +316,13 @@ def test_sigkill_during_task(project, args, line, delay):
     killed = stop_on_line(project, line, *args, delay=delay)
     assert killed.returncode == -signal.SIGKILL, str(killed)
     warehouse_opens(project)
-    recover(project, "runs")
+    said = recover(project, "runs")
     invariants(project, before, ROLLED_BACK, killed.run_id)
+    if line == "running train":  # the kill landed inside the task (it takes seconds): both say where
+        assert "train ran" not in killed.stderr, str(killed)
+        ((error,),) = query(project, f"SELECT error FROM runs WHERE run_id = '{killed.run_id}'")
+        assert killed.run_id in said and "killed while running task train" in said, said
+        assert "killed while running task train" in error, error
     then_next_runs_work(project, ROLLED_BACK)
 
 
@@ -296,6 +333,7 @@ def test_killed_after_train_then_plain_run_keeps_the_old_model(project):
     model = (project / PRODUCTS / "model.joblib").read_bytes()
     killed = stop_on_line(project, "train ran", *SEED_RUN)
     assert killed.returncode == -signal.SIGKILL, str(killed)
+    assert (project / PRODUCTS / "model.joblib").read_bytes() != model, "the seed-7 model was not written"
 
     plain = step(project, "run")
     assert len(recovered_lines(plain.stderr)) == 1, str(plain)
@@ -311,35 +349,46 @@ def test_killed_after_train_then_plain_run_keeps_the_old_model(project):
     up_to_date(project, *SEED_RUN[1:])
 
 
-@pytest.mark.parametrize("first", ["before-commit", "sigterm"])
-def test_recovery_killed_while_restoring_is_finished_by_the_next_command(project, first):
-    """The undo itself is killed (after the warehouse objects went, before the products came back);
-    a third command finishes it."""
+@pytest.mark.parametrize("first, second, outcome", [
+    ("before-commit", "restoring", ROLLED_BACK),
+    ("sigterm", "restoring", ROLLED_BACK),
+    ("after-commit", "finishing", COMMITTED),
+], ids=["undo killed", "in-process undo of a SIGTERM killed", "finish killed"])
+def test_recovery_killed_half_way_is_completed_by_the_next_command(project, first, second, outcome):
+    """The recovery itself is SIGKILLed (an undo after the warehouse objects went and before the products
+    came back; a finish after the state file and before the reports); a third command completes it."""
     before = snapshot(project)
     if first == "sigterm":  # the in-process rollback of a SIGTERM is the one killed
         killed = stop_on_line(project, "running train", *SEED_RUN, delay=1.5, sig=signal.SIGTERM,
-                              env={"MLOPS_NB_CRASH_AT": "restoring"})
+                              env={"MLOPS_NB_CRASH_AT": second})
         assert killed.returncode == -signal.SIGKILL, str(killed)
     else:
-        killed = crash_at(project, "before-commit", *SEED_RUN)
-        crashed = run_cli(project, "runs", env={"MLOPS_NB_CRASH_AT": "restoring"}, timeout=STEP_TIMEOUT)
-        assert crashed.returncode == -signal.SIGKILL, str(crashed)
-    assert json.loads((project / "data" / ".run-journal.json").read_text())["phase"] == "restoring"
+        killed = crash_at(project, first, *SEED_RUN)
+        crashed = run_cli(project, "runs", env={"MLOPS_NB_CRASH_AT": second}, timeout=STEP_TIMEOUT)
+        assert crashed.returncode == -signal.SIGKILL, f"the recovery was not killed at {second}:\n{crashed}"
+    phase = json.loads((project / "data" / ".run-journal.json").read_text())["phase"]
+    assert phase == ("restoring" if outcome == ROLLED_BACK else "committing")
     warehouse_opens(project)
 
     recover(project, "models", "list")
-    invariants(project, before, ROLLED_BACK, killed.run_id)
-    then_next_runs_work(project, ROLLED_BACK)
+    invariants(project, before, outcome, killed.run_id)
+    then_next_runs_work(project, outcome)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
-def test_signal_during_train_rolls_back_in_process(project, sig, code):
+@pytest.mark.parametrize("sig, code, group", [
+    (signal.SIGTERM, 143, False),
+    (signal.SIGINT, 130, False),
+    (signal.SIGINT, 130, True),
+], ids=["SIGTERM", "SIGINT", "Ctrl-C to the process group"])
+def test_signal_during_train_rolls_back_in_process(project, sig, code, group):
     before = snapshot(project)
-    stopped = stop_on_line(project, "running train", *SEED_RUN, delay=1.5, sig=sig)
+    stopped = stop_on_line(project, "running train", *SEED_RUN, delay=1.5, sig=sig, group=group)
     assert stopped.returncode == code, str(stopped)
     said = [line for line in stopped.stderr.splitlines() if "rolled back" in line]
     assert said, str(stopped)
     assert "products: restored" in said[-1], f"the message does not say what was undone:\n{stopped}"
-    run_id = query(project, "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")[0][0]
+    ((run_id, error),) = query(project, "SELECT run_id, error FROM runs ORDER BY started_at DESC LIMIT 1")
+    assert sig.name in (error or ""), f"the failed run's record does not say why: {error!r}"
     invariants(project, before, ROLLED_BACK, run_id)   # at once, no other command in between
     then_next_runs_work(project, ROLLED_BACK)
+
