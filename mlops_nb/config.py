@@ -385,7 +385,7 @@ def tool_environment(settings: Settings) -> dict[str, str]:
 
 
 def export_bentoml_home(store: Path) -> None:
-    os.environ.setdefault("BENTOML_HOME", str(store))
+    os.environ.setdefault("BENTOML_HOME", str(project_path(store)))
 
 
 def bentoml_home_env() -> Path | None:
@@ -429,6 +429,13 @@ _settings: Settings | None = None
 def run_id() -> str | None:
     """The id of the run executing this notebook (None outside `mlops-nb run`)."""
     return os.environ.get(ENV_RUN_ID)
+
+
+def project_path(path) -> Path:
+    """A path as settings and task parameters write it: relative ones are taken from the project root (the
+    folder of settings.ini), whatever the process's folder (a kernel starts in the notebook's own)."""
+    p = Path(path)
+    return p if p.is_absolute() else get_settings().root / p
 
 
 def crash_at() -> str | None:

@@ -116,7 +116,7 @@ def warehouse_path(settings: config.Settings | None = None) -> Path:
 def connect(write: bool = False, settings: config.Settings | None = None,
             path: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection that is closed when the block ends; read-only unless ``write``."""
-    path = Path(path) if path else warehouse_path(settings)
+    path = config.project_path(path) if path else warehouse_path(settings)
     if not write and not path.exists():
         raise NotFoundError(f"No warehouse at {path}: run the pipeline first (`mlops-nb run`).")
     if write:

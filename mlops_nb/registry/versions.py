@@ -48,8 +48,9 @@ def _bentoml(settings: config.Settings | None = None):
 
 def _bentoml_at(store: Path):
     """BentoML, its store at ``store``; refused when this process already uses another store."""
+    store = config.project_path(store)
     config.export_bentoml_home(store)
-    if config.bentoml_home_env() != Path(store):
+    if config.bentoml_home_env().resolve() != store.resolve():
         raise RegistryError(f"The model store must be {store} (paths.bentoml_home); got BENTOML_HOME="
                             f"{config.bentoml_home_env()} instead. Unset BENTOML_HOME or set paths.bentoml_home "
                             "to it.")

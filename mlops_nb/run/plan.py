@@ -73,11 +73,9 @@ def load_yaml(path: Path) -> dict:
 
 
 def param_value(settings: config.Settings, dotted: str):
-    """The value a placeholder renders to: typed for scalars, a list of ints for month lists, absolute paths
-    for ``paths.*`` (notebooks then work whatever the process's folder)."""
-    section, key = config.split_key(dotted)
-    if section == "paths":
-        return str(settings.path(key))
+    """The value a placeholder renders to: typed for scalars, a list of ints for month lists, paths as
+    written (relative ones are taken from the project root: a run builds with the root as its folder, so
+    Ploomber's metadata does not change when the project moves)."""
     value = settings.get(dotted)
     if isinstance(value, tuple):  # months: a list (Ploomber would turn the text '1,2,3' into a tuple anyway)
         return list(value)

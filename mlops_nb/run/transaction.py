@@ -125,6 +125,7 @@ def recover(settings: config.Settings) -> str | None:
             shutil.rmtree(journal.scratch_dir(settings), ignore_errors=True)
         return None
     if j.phase == "preparing":
+        _record_killed(settings, j, "killed before it changed anything")
         journal.remove(settings)
         return f"Recovered: run {j.run_id} was stopped before it changed anything; its leftovers are removed."
     if _committed(settings, j.run_id):
@@ -224,7 +225,7 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
             report(name, event, seconds)
 
     try:
-        with config.override(settings, {config.ENV_RUN_ID: record.run_id}):
+        with config.override(settings, {config.ENV_RUN_ID: record.run_id}), _working_dir(settings.root):
             dag = pipeline.build_dag(plan, tokens, settings.pipeline.executor, settings.pipeline.task_timeout)
             result = pipeline.execute(dag, target=target, progress=tracked,
                                       task_timeout=settings.pipeline.task_timeout)
@@ -270,6 +271,18 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
         if isinstance(e, RunInterrupted):
             e.undone = undone
         raise
+
+
+@contextmanager
+def _working_dir(folder: Path):
+    """Tasks run with the project root as their folder: relative paths in parameters mean the same thing
+    wherever `mlops-nb run` was started (and in kernels, which inherit the folder)."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _tasks_so_far(scope: list[str], seen: dict) -> list:
@@ -362,6 +375,21 @@ def _undo(settings, j: journal.Journal, why: str, record: runs.RunRecord | None 
         undone.append("reports: dropped this run's")
     journal.remove(settings)
     return undone
+
+
+def _record_killed(settings, j: journal.Journal, why: str) -> None:
+    """The failed record of a run killed before its backup was complete (nothing to undo)."""
+    from datetime import datetime
+
+    from ..data import warehouse
+
+    if j.run_id == "unknown":
+        return
+    record = runs.RunRecord(j.run_id, datetime.fromisoformat(j.started_at) if j.started_at else runs.now(),
+                            params=j.params or {}, status="failed", error=why, ended_at=runs.now())
+    with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
+        if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
+            runs.insert(con, record)
 
 
 def _stop_children(pids: list[int]) -> None:
