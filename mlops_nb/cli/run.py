@@ -38,6 +38,8 @@ def cmd_run(args) -> int:
             print(f"  - {reason}")
     for report in outcome.reports:
         print(f"report: {report}")
+    for note in filter(None, outcome.notes):
+        print(note)
     if outcome.error is not None:
         print(f"\nerror: {outcome.error}", file=sys.stderr)
         print("The warehouse, the products and the registry are as they were before this run"

@@ -73,8 +73,9 @@ class Version:
 
 def save(estimator_file: Path, info: dict, reference_dir: Path | None, model_name: str, store) -> str:
     """Put a trained model (its file, info and reference profiles) into the BentoML store at ``store``;
-    returns the tag. Saving the same bytes twice returns the existing tag. Registration is separate
-    (``record_gate``, when the run commits)."""
+    returns the tag. The reference folder is moved into the store (or dropped when the same bytes are
+    already there: the existing version is kept as it is). Registration is separate (``record_gate``,
+    when the run commits)."""
     import hashlib
 
     bentoml = _bentoml_at(Path(store))
@@ -82,6 +83,8 @@ def save(estimator_file: Path, info: dict, reference_dir: Path | None, model_nam
     tag = f"{model_name}:{digest[:16]}"
     try:
         bentoml.models.get(tag)
+        if reference_dir is not None:
+            shutil.rmtree(reference_dir, ignore_errors=True)
         return tag
     except bentoml.exceptions.NotFound:
         pass
@@ -93,7 +96,7 @@ def save(estimator_file: Path, info: dict, reference_dir: Path | None, model_nam
         Path(model.path_of(INFO_FILE)).write_text(json.dumps({**info, "model_sha256": digest}, indent=2,
                                                               sort_keys=True, default=str))
         if reference_dir is not None and Path(reference_dir).exists():
-            shutil.copytree(reference_dir, model.path_of(PROFILES_DIR))
+            shutil.move(str(reference_dir), model.path_of(PROFILES_DIR))
     return tag
 
 

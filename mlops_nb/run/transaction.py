@@ -23,7 +23,7 @@ import shutil
 import signal
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -44,6 +44,7 @@ class Outcome:
     error: MlopsNbError | None = None
     recovered: str | None = None
     undone: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def crash_point(name: str) -> None:
@@ -251,12 +252,11 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
             _commit(settings, plan, record)
             crash_point("after-commit")
             moved = _finish(settings, j)
-            if settings.gc.after_run:
-                from . import gc
-
-                gc.collect(settings, plan=plan)
         names = {p.name for p in reports}
-        return Outcome(record, stale, [p for p in moved if p.name in names])
+        outcome = Outcome(record, stale, [p for p in moved if p.name in names])
+        if settings.gc.after_run:
+            outcome.notes.append(_collect_after(settings, plan))
+        return outcome
     except BaseException as e:
         with _signals_deferred():
             if renderer is not None:
@@ -271,6 +271,19 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
         if isinstance(e, RunInterrupted):
             e.undone = undone
         raise
+
+
+def _collect_after(settings, plan) -> str:
+    """gc.after_run: the run has landed; a collection that fails is said, and leaves the run as it is."""
+    from . import gc
+
+    try:
+        report = gc.collect(settings, plan=plan)
+    except MlopsNbError as e:
+        return f"collection after the run failed (the run itself succeeded): {e}"
+    if not report.items:
+        return ""
+    return f"collected {len(report.items)} item(s) nothing needs any more, {gc.human(report.freed)} (mlops-nb gc)"
 
 
 @contextmanager
