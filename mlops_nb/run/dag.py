@@ -288,7 +288,8 @@ def _failed_cell(task) -> str:
     """The cell that raised, read from the partially executed notebook the task left behind."""
     try:
         products = task.product.to_json_serializable()
-        nb_path = products.get("nb") if isinstance(products, dict) else products
+        nb_path = next((p for p in products.values() if str(p).endswith(".ipynb")), None) \
+            if isinstance(products, dict) else products
         cells = json.loads(Path(nb_path).read_text(encoding="utf-8"))["cells"]
     except Exception:
         return ""

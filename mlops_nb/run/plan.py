@@ -48,6 +48,11 @@ class Task:
     fingerprint: str = ""
     uses_warehouse: bool = False    # a parameter names the warehouse
 
+    @property
+    def notebook(self) -> Path | None:
+        """The executed notebook among the products (found by its suffix, whatever its key)."""
+        return next((p for p in self.products.values() if p.suffix == ".ipynb"), None)
+
 
 @dataclass
 class Plan:

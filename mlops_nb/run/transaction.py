@@ -436,8 +436,8 @@ def _rendering(renderer, plan, progress):
     def report(name: str, event: str, seconds: float) -> None:
         if progress:
             progress(name, event, seconds)
-        nb = plan.tasks[name].products.get("nb")
-        if event == "ran" and nb is not None and nb.suffix == ".ipynb":
+        nb = plan.tasks[name].notebook
+        if event == "ran" and nb is not None:
             renderer.submit(nb, name)
 
     return report
@@ -458,8 +458,8 @@ def _keep_failed_notebook(settings, plan, failed_task) -> list[Path]:
     """The failing task's executed notebook, rendered under reports/failed/ before products are restored."""
     if not failed_task or not settings.pipeline.reports:
         return []
-    nb = plan.tasks[failed_task].products.get("nb")
-    if nb is None or not nb.exists() or nb.suffix != ".ipynb":
+    nb = plan.tasks[failed_task].notebook
+    if nb is None or not nb.exists():
         return []
     from . import reports as reporting
 
