@@ -7,13 +7,13 @@ import json
 def cmd_models(args) -> int:
     from .. import config, registry
     from ..data import warehouse
-    from ..run import transaction as runner
+    from ..run import transaction
 
     settings = config.load()
     action = args.models_command
     if action in ("promote", "rollback"):
         # a run's commit moves aliases too: one writer of aliases at a time
-        with runner.run_lock(settings), warehouse.connect(write=True, settings=settings) as con:
+        with transaction.run_lock(settings), warehouse.connect(write=True, settings=settings) as con:
             if action == "promote":
                 before = registry.promote(con, args.version, args.alias, args.reason)
                 now = registry.aliases(con).get(args.alias)

@@ -13,10 +13,11 @@ def cmd_run(args) -> int:
     if _is_plain_ploomber_project():
         return _run_plain(Path("pipeline.yaml"), overrides, args)
     settings = config.load(overrides=overrides)
-    from ..run import transaction as runner
+    from ..run import transaction
 
-    outcome = runner.run(settings, force=args.force, target=args.task, progress=None if args.quiet else _progress,
-                         announce=lambda line: print(line, file=sys.stderr, flush=True))
+    outcome = transaction.run(settings, force=args.force, target=args.task,
+                              progress=None if args.quiet else _progress,
+                              announce=lambda line: print(line, file=sys.stderr, flush=True))
     rec = outcome.record
     from ..run.dag import render_table
 
@@ -70,7 +71,7 @@ def _is_plain_ploomber_project() -> bool:
 
 def _run_plain(spec_path: Path, overrides: dict, args) -> int:
     """A plain Ploomber project (no settings.ini): its own pipeline.yaml, built as Ploomber would."""
-    from ..run import dag as pipeline
+    from ..run import dag
 
     env = None
     if overrides:
@@ -84,9 +85,9 @@ def _run_plain(spec_path: Path, overrides: dict, args) -> int:
             for p in parents:
                 node = node.setdefault(p, {})
             node[last] = yaml.safe_load(value)
-    dag = pipeline.load_plain_dag(spec_path, env)
-    result = pipeline.execute(dag, force=args.force, target=args.task, progress=None if args.quiet else _progress)
-    print(pipeline.render_table(result.tasks))
+    ploomber_dag = dag.load_plain_dag(spec_path, env)
+    result = dag.execute(ploomber_dag, force=args.force, target=args.task, progress=None if args.quiet else _progress)
+    print(dag.render_table(result.tasks))
     if result.error is not None:
         print(f"\nerror: {result.error}", file=sys.stderr)
         return result.error.exit_code
@@ -96,11 +97,11 @@ def _run_plain(spec_path: Path, overrides: dict, args) -> int:
 def cmd_runs(args) -> int:
     from .. import config
     from ..data import warehouse
-    from ..run import records as runs
+    from ..run import records
 
     settings = config.load()
     with warehouse.connect(settings=settings) as con:
-        rows = runs.list_runs(con, args.limit, settings.path("data_dir"))
+        rows = records.list_runs(con, args.limit, settings.path("data_dir"))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0

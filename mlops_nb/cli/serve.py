@@ -6,19 +6,19 @@ def cmd_serve(args) -> int:
     import os
 
     from .. import config
-    from ..serving import bento as build
+    from ..serving import bento
 
     settings = config.load()
     if args.bento is None:
-        build.pinned_models(settings, "to serve")  # fail now, in plain words, when there is nothing to serve
-    cmd = build.serve_command(settings, args.port, args.host, args.bento)
+        bento.pinned_models(settings, "to serve")  # fail now, in plain words, when there is nothing to serve
+    cmd = bento.serve_command(settings, args.port, args.host, args.bento)
     os.chdir(settings.root)
-    os.execve(cmd[0], cmd, build.tool_env(settings))
+    os.execve(cmd[0], cmd, bento.tool_env(settings))
 
 
 def cmd_build(args) -> int:
     from .. import config
-    from ..serving import bento as build
+    from ..serving import bento
 
-    print(build.build(config.load()))
+    print(bento.build(config.load()))
     return 0

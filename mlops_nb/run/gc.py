@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
-from . import plan as spec, products
+from . import plan as planning
+from . import products
 
 BLOCK_BYTES = 262144  # DuckDB's block size
 
@@ -53,7 +54,7 @@ class Report:
                 "removed": [i.__dict__ for i in self.items]}
 
 
-def needed_snapshots(con, settings: config.Settings, plan: spec.Plan | None) -> dict[str, str]:
+def needed_snapshots(con, settings: config.Settings, plan: planning.Plan | None) -> dict[str, str]:
     """snapshot id -> why it is kept."""
     from ..data.warehouse import has_table
 
@@ -74,7 +75,7 @@ def needed_snapshots(con, settings: config.Settings, plan: spec.Plan | None) -> 
     return keep
 
 
-def _current_snapshots(plan: spec.Plan | None) -> set[str]:
+def _current_snapshots(plan: planning.Plan | None) -> set[str]:
     found = set()
     if plan is None:
         return found
@@ -87,7 +88,7 @@ def _current_snapshots(plan: spec.Plan | None) -> set[str]:
     return found
 
 
-def collect(settings: config.Settings, dry_run: bool = False, plan: spec.Plan | None = None) -> Report:
+def collect(settings: config.Settings, dry_run: bool = False, plan: planning.Plan | None = None) -> Report:
     """Remove what nothing needs; with ``dry_run``, only say what would go. Call under the run lock."""
     from .. import registry
     from ..data import warehouse
@@ -95,7 +96,7 @@ def collect(settings: config.Settings, dry_run: bool = False, plan: spec.Plan | 
     report = Report(dry_run=dry_run)
     if plan is None:
         try:
-            plan = spec.load_plan(settings, state=spec.read_state(settings))
+            plan = planning.load_plan(settings, state=planning.read_state(settings))
         except Exception:  # a broken pipeline.yaml must not stop a collection: then no product is pruned
             plan = None
     if settings.path("warehouse").exists():
@@ -144,12 +145,12 @@ def _collect_warehouse(con, settings, plan, report: Report, dry_run: bool) -> No
             con.execute("UPDATE snapshots SET collected_at = now() WHERE snapshot_id = ?", [snap])
 
 
-def _collect_products(settings, plan: spec.Plan, report: Report, dry_run: bool) -> None:
+def _collect_products(settings, plan: planning.Plan, report: Report, dry_run: bool) -> None:
     root = settings.path("products_dir")
     if not root.is_dir():
         return
     declared = {p.resolve() for t in plan.tasks.values() for p in t.products.values()}
-    keep = set(declared) | {spec.state_path(settings).resolve()}
+    keep = set(declared) | {planning.state_path(settings).resolve()}
     keep |= {p.with_name(f".{p.name}.metadata") for p in declared}   # Ploomber's metadata of each product
     parents = {q for p in declared for q in p.parents}
     todo = sorted(root.iterdir())

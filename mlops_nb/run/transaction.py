@@ -5,11 +5,11 @@ The order of a run:
 1. take the project's run lock (a second run is refused, naming the first one's pid; the OS releases
    the lock of a process that died, so a dead run's lock is simply taken over);
 2. finish or undo a run that was killed before (``journal``), saying so in one line;
-3. fingerprint the tasks (``spec``) and, when nothing is stale, record an up-to-date run and stop, never
+3. fingerprint the tasks (``plan``) and, when nothing is stale, record an up-to-date run and stop, never
    importing Ploomber, pandas or scikit-learn;
 4. write the journal, back up the products, take the warehouse's inventory (no copy of the warehouse:
    tasks only add content-addressed objects to it, and a rollback drops what was added);
-5. build with Ploomber (``pipeline``); reports render in the background into the run's scratch folder;
+5. build with Ploomber (``dag``); reports render in the background into the run's scratch folder;
 6. commit in one DuckDB transaction (the gate's registration and aliases, the run record), then save the
    fingerprints, move the reports into place and drop the journal;
    on failure or a signal, undo: the warehouse, the products, the registry and the reports are as they
@@ -30,15 +30,15 @@ from typing import Iterator
 from .. import config
 from ..errors import MlopsNbError, RunInterrupted, RunLockedError
 from . import journal, products
-from . import plan as spec
-from . import records as runs
+from . import plan as planning
+from . import records
 
 LOCK_FILE = ".run.lock"
 
 
 @dataclass
 class Outcome:
-    record: runs.RunRecord
+    record: records.RunRecord
     stale: dict[str, str]
     reports: list[Path]
     error: MlopsNbError | None = None
@@ -68,7 +68,7 @@ def run_lock(settings: config.Settings) -> Iterator[None]:
                 f"Another mlops-nb run is in progress in {settings.root} ({holder}). Wait for it to finish; "
                 f"if no run is going on, the lock {path} is stale: delete it.") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}, started {runs.now().isoformat(timespec='seconds')} UTC".encode())
+        os.write(fd, f"pid {os.getpid()}, started {records.now().isoformat(timespec='seconds')} UTC".encode())
         yield
     finally:
         os.close(fd)
@@ -77,29 +77,29 @@ def run_lock(settings: config.Settings) -> Iterator[None]:
 def run(settings: config.Settings, force: bool = False, target: str | None = None,
         progress=None, announce=None) -> Outcome:
     """``announce(line)`` is told at once when a killed run had to be finished or undone first."""
-    record = runs.RunRecord(runs.new_run_id(), runs.now(), params=settings.as_dict())
+    record = records.RunRecord(records.new_run_id(), records.now(), params=settings.as_dict())
     with run_lock(settings), _signals_interrupt():
         recovered = recover(settings)
         if recovered and announce:
             announce(recovered)
-        state = spec.read_state(settings)
-        plan = spec.load_plan(settings, state=state)
+        state = planning.read_state(settings)
+        plan = planning.load_plan(settings, state=state)
         if target is not None and target not in plan.tasks:
             from ..errors import NotFoundError, did_you_mean
             raise NotFoundError(f"No task named {target!r}; the tasks are {plan.order()}."
                                 f"{did_you_mean(target, plan.tasks)}")
         scope = _closure(plan, target) if target else plan.order()
-        why = spec.stale_tasks(plan, state, settings.path("warehouse").exists())
+        why = planning.stale_tasks(plan, state, settings.path("warehouse").exists())
         stale = {t: why.get(t, "--force") for t in scope if t in why or force}
-        record.git_commit, record.git_dirty = runs.git_info(settings.root)
-        record.versions = runs.library_versions()
+        record.git_commit, record.git_dirty = records.git_info(settings.root)
+        record.versions = records.library_versions()
         if not stale:
             from .dag import TaskResult
 
             record.status = "up-to-date"
             record.tasks = [TaskResult(n, "skipped") for n in scope]
             _lineage(plan, record)
-            record.ended_at = runs.now()
+            record.ended_at = records.now()
             _save(settings, record)
             return Outcome(record, {}, [], recovered=recovered)
         outcome = _build(settings, plan, state, record, stale, target, scope, progress)
@@ -196,7 +196,7 @@ def _signals_deferred():
 
 def _build(settings, plan, state, record, stale, target, scope, progress) -> Outcome:
     from ..data import warehouse
-    from . import dag as pipeline
+    from . import dag
 
     products_dir = settings.path("products_dir")
     j = journal.Journal(record.run_id, os.getpid(), "preparing", products_dir.exists(),
@@ -214,7 +214,7 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
     j.phase = "running"
     j.save(settings)
     crash_point("running")
-    tokens = {n: spec.token(plan, state, n, n in stale, record.run_id) for n in plan.tasks}
+    tokens = {n: planning.token(plan, state, n, n in stale, record.run_id) for n in plan.tasks}
     seen: dict[str, tuple[str, float]] = {}
 
     def tracked(name: str, event: str, seconds: float) -> None:
@@ -227,9 +227,9 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
 
     try:
         with config.override(settings, {config.ENV_RUN_ID: record.run_id}), _working_dir(settings.root):
-            dag = pipeline.build_dag(plan, tokens, settings.pipeline.executor, settings.pipeline.task_timeout)
-            result = pipeline.execute(dag, target=target, progress=tracked,
-                                      task_timeout=settings.pipeline.task_timeout)
+            ploomber_dag = dag.build_dag(plan, tokens, settings.pipeline.executor, settings.pipeline.task_timeout)
+            result = dag.execute(ploomber_dag, target=target, progress=tracked,
+                                 task_timeout=settings.pipeline.task_timeout)
         record.tasks = [t for t in result.tasks if t.name in scope]
         if not result.ok:
             failed_reports = _keep_failed_notebook(settings, plan, result.failed_task)
@@ -242,13 +242,13 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
         crash_point("before-commit")
         with _signals_deferred():
             built = [t.name for t in record.tasks if t.status == "ran"]
-            j.state_after = spec.new_state(plan, state, built, tokens)
+            j.state_after = planning.new_state(plan, state, built, tokens)
             journal.fsync_tree(products_dir)
             j.phase = "committing"
             j.save(settings)
             record.status = "succeeded"
             _lineage(plan, record)
-            record.ended_at = runs.now()
+            record.ended_at = records.now()
             _commit(settings, plan, record)
             crash_point("after-commit")
             moved = _finish(settings, j)
@@ -314,12 +314,12 @@ def _commit(settings, plan, record) -> None:
 
     gate = _receipt(plan, "gate")
     with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
-        runs.flush_pending(con, settings.path("data_dir"))
+        records.flush_pending(con, settings.path("data_dir"))
         if gate is not None and record.model_version is not None and _ran(record, gate[0]):
             decision = {k: v for k, v in gate[1].items() if k not in ("info", products.RECEIPT_KEY)}
             registry.record_gate(con, gate[1]["tag"], gate[1]["info"], decision, record.run_id)
             record.gate["aliases"] = registry.aliases(con)
-        runs.insert(con, record)
+        records.insert(con, record)
 
 
 def _ran(record, task_name: str) -> bool:
@@ -329,8 +329,8 @@ def _ran(record, task_name: str) -> bool:
 def _finish(settings, j: journal.Journal) -> list[Path]:
     """After the commit: the state file, the reports into place, the scratch folder and journal gone."""
     if j.state_after is not None:
-        products.write_json(spec.state_path(settings), j.state_after)
-    runs.clear_pending(settings.path("data_dir"))  # moved into the runs table by the commit
+        products.write_json(planning.state_path(settings), j.state_after)
+    records.clear_pending(settings.path("data_dir"))  # moved into the runs table by the commit
     crash_point("finishing")
     moved = []
     ready = journal.ready_reports_dir(settings)
@@ -344,7 +344,7 @@ def _finish(settings, j: journal.Journal) -> list[Path]:
     return moved
 
 
-def _undo(settings, j: journal.Journal, why: str, record: runs.RunRecord | None = None) -> list[str]:
+def _undo(settings, j: journal.Journal, why: str, record: records.RunRecord | None = None) -> list[str]:
     """Put the project back as it was before run ``j``; returns what was undone. Idempotent: a copy killed
     half-way is finished by the next one."""
     from .. import registry
@@ -374,15 +374,15 @@ def _undo(settings, j: journal.Journal, why: str, record: runs.RunRecord | None 
         if record is None:
             from datetime import datetime
 
-            started = datetime.fromisoformat(j.started_at) if j.started_at else runs.now()
-            record = runs.RunRecord(j.run_id, started, params=j.params or {})
+            started = datetime.fromisoformat(j.started_at) if j.started_at else records.now()
+            record = records.RunRecord(j.run_id, started, params=j.params or {})
             record.tasks = _tasks_so_far(list(j.tasks), j.tasks)
-        record.status, record.error, record.ended_at = "failed", why, runs.now()
+        record.status, record.error, record.ended_at = "failed", why, records.now()
         with warehouse.transaction(con):
-            runs.flush_pending(con, settings.path("data_dir"))
+            records.flush_pending(con, settings.path("data_dir"))
             if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
-                runs.insert(con, record)
-        runs.clear_pending(settings.path("data_dir"))
+                records.insert(con, record)
+        records.clear_pending(settings.path("data_dir"))
     staged = journal.scratch_dir(settings)
     if staged.exists():
         undone.append("reports: dropped this run's")
@@ -398,11 +398,11 @@ def _record_killed(settings, j: journal.Journal, why: str) -> None:
 
     if j.run_id == "unknown":
         return
-    record = runs.RunRecord(j.run_id, datetime.fromisoformat(j.started_at) if j.started_at else runs.now(),
-                            params=j.params or {}, status="failed", error=why, ended_at=runs.now())
+    record = records.RunRecord(j.run_id, datetime.fromisoformat(j.started_at) if j.started_at else records.now(),
+                            params=j.params or {}, status="failed", error=why, ended_at=records.now())
     with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
         if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
-            runs.insert(con, record)
+            records.insert(con, record)
 
 
 def _stop_children(pids: list[int]) -> None:
@@ -443,7 +443,7 @@ def _rendering(renderer, plan, progress):
     return report
 
 
-def _closure(plan: spec.Plan, target: str) -> list[str]:
+def _closure(plan: planning.Plan, target: str) -> list[str]:
     """``target`` and everything upstream of it, in plan order."""
     needed, todo = set(), [target]
     while todo:
@@ -461,16 +461,16 @@ def _keep_failed_notebook(settings, plan, failed_task) -> list[Path]:
     nb = plan.tasks[failed_task].notebook
     if nb is None or not nb.exists():
         return []
-    from . import reports as reporting
+    from . import reports
 
     try:
-        return [reporting.render(nb, settings.path("reports_dir") / "failed" / f"{failed_task}.html",
+        return [reports.render(nb, settings.path("reports_dir") / "failed" / f"{failed_task}.html",
                                  title=f"{failed_task} (failed)")]
     except Exception:  # a broken partial notebook must not hide the task's own error
         return []
 
 
-def _receipt(plan: spec.Plan, kind: str) -> tuple[str, dict] | None:
+def _receipt(plan: planning.Plan, kind: str) -> tuple[str, dict] | None:
     """(task, receipt) of the JSON product that says it is a ``kind`` receipt (``products.RECEIPT_KEY``):
     the runner finds products by what they are, not by their key in pipeline.yaml."""
     for task in plan.tasks.values():
@@ -483,7 +483,7 @@ def _receipt(plan: spec.Plan, kind: str) -> tuple[str, dict] | None:
     return None
 
 
-def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
+def _lineage(plan: planning.Plan, record: records.RunRecord) -> None:
     """Snapshot, metrics and the gate's decision, from the current products, into the run record."""
     if (found := _receipt(plan, "snapshot")) is not None:
         record.snapshot_id = found[1].get("snapshot_id")
@@ -496,6 +496,6 @@ def _lineage(plan: spec.Plan, record: runs.RunRecord) -> None:
                        "aliases": decision.get("aliases")}
 
 
-def _save(settings: config.Settings, record: runs.RunRecord) -> None:
+def _save(settings: config.Settings, record: records.RunRecord) -> None:
     """An up-to-date run: recorded beside the warehouse, moved into it by the next write (no DuckDB here)."""
-    runs.append_pending(settings.path("data_dir"), record)
+    records.append_pending(settings.path("data_dir"), record)
