@@ -308,7 +308,7 @@ def test_sigkill_at_fault_point(project, point, outcome, command):
 
 @pytest.mark.parametrize("args, line, delay", [
     (("run", "-p", "data.months=1-2"), "running ingest", 0.5),
-    (SEED_RUN, "running train", 1.5),
+    (SEED_RUN, "running train", 0.3),  # train takes about a second on the small sample
     (SEED_RUN, "running gate", 0.5),
 ], ids=["ingest", "train", "gate"])
 def test_sigkill_during_task(project, args, line, delay):
