@@ -341,3 +341,13 @@ def test_override_exports_settings_and_restores_everything(repo_ini, clean_envir
         assert child.as_dict() == s.as_dict()
     assert dict(os.environ) == before
     assert config._settings is previous
+
+
+def test_month_lists_reach_tasks_as_lists(repo_ini):
+    """Ploomber's expander turns the text '1,2,3' into a tuple; tasks get month lists as lists, and
+    parse_months takes a sequence as well as the settings text."""
+    from mlops_nb.run import plan
+
+    s = load(repo_ini, overrides={"data.months": "1,2,3"})
+    assert plan.param_value(s, "data.months") == [1, 2, 3]
+    assert config.parse_months([1, 2, 3]) == config.parse_months((1, 2, 3)) == config.parse_months("1-3")
