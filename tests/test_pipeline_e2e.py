@@ -324,6 +324,21 @@ def test_two_clean_builds_give_identical_results(project_factory):
     assert pa.tobytes() == pb.tobytes()
 
 
+@pytest.mark.slow
+def test_papermill_kernels_build_the_same_model(project):
+    """pipeline.executor = papermill (a kernel a task, in the project root as the in-process engine) gives
+    the same products as the in-process build, and the run commits like any other."""
+    engine = read_product(project, "metrics.json")
+    model = (project / PRODUCTS / "model.joblib").read_bytes()
+    result = run_ok(project, "run", "--force", "-p", "pipeline.executor=papermill")
+    assert set(pipeline_graph(project)) == result.tasks_with("ran"), str(result)
+    kernels = read_product(project, "metrics.json")
+    assert kernels["test"] == engine["test"] and kernels["predictions_sha256"] == engine["predictions_sha256"]
+    assert (project / PRODUCTS / "model.joblib").read_bytes() == model
+    assert last_run(project)["status"] == "succeeded"
+    assert "Nothing to do" in run_ok(project, "run", "-p", "pipeline.executor=papermill").stdout
+
+
 # --------------------------------------------------------------------------------------------------
 # one run at a time
 
