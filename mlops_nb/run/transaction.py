@@ -53,9 +53,27 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+_LOCK_FDS: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (whylogs profiles big frames in one) must not keep the run lock alive after the run
+    itself died: it closes its copy of the lock's descriptor (the parent's keeps the lock)."""
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 @contextmanager
 def run_lock(settings: config.Settings) -> Iterator[None]:
-    """An exclusive, non-blocking lock on the project; released by the OS if the process dies."""
+    """An exclusive, non-blocking lock on the project (flock): the OS releases it when the process that
+    holds it ends, however it ends, so a dead run's lock is simply taken over."""
     path = settings.path("data_dir") / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -65,12 +83,14 @@ def run_lock(settings: config.Settings) -> Iterator[None]:
         except BlockingIOError:
             holder = Path(path).read_text(encoding="utf-8").strip() or "unknown"
             raise RunLockedError(
-                f"Another mlops-nb run is in progress in {settings.root} ({holder}). Wait for it to finish; "
-                f"if no run is going on, the lock {path} is stale: delete it.") from None
+                f"Another mlops-nb run is in progress in {settings.root} ({holder}). Wait for it to finish, "
+                "or stop it: the lock is released as soon as that process ends.") from None
+        _LOCK_FDS.add(fd)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}, started {records.now().isoformat(timespec='seconds')} UTC".encode())
         yield
     finally:
+        _LOCK_FDS.discard(fd)
         os.close(fd)
 
 
