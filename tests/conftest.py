@@ -210,6 +210,13 @@ PRODUCTS = Path("data/products")
 RUN_TABLES = {"main.runs", "main.run_tasks"}
 
 
+def copy_of(project: Path, folder: Path) -> Path:
+    """A copy of a built project in ``folder``/<its name>, for a test to change."""
+    dest = folder / project.name
+    shutil.copytree(project, dest, symlinks=True)
+    return dest
+
+
 def fingerprint_tables(path: Path) -> dict:
     """{schema.table: (rows, content hash)} of every table of a DuckDB file, opened read-only.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PRODUCTS, WAREHOUSE, build, last_run, run_ok
+from conftest import PRODUCTS, WAREHOUSE, build, copy_of, last_run, run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -154,9 +154,7 @@ def renamed(tmp_path_factory, small_data) -> Path:
 
 @pytest.fixture
 def renamed_copy(renamed, tmp_path) -> Path:
-    dest = tmp_path / "renamed"
-    shutil.copytree(renamed, dest, symlinks=True)
-    return dest
+    return copy_of(renamed, tmp_path)
 
 
 def test_changed_byte_of_data_runs_the_task_reading_it_and_downstream(renamed_copy):

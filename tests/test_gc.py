@@ -10,12 +10,11 @@ first build's model stays the champion.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import (PRODUCTS, WAREHOUSE, build, fingerprint_tables, folder_bytes, last_run, make_project,
+from conftest import (PRODUCTS, WAREHOUSE, build, copy_of, fingerprint_tables, folder_bytes, last_run, make_project,
                       run_ok)
 
 pytestmark = pytest.mark.slow
@@ -37,9 +36,7 @@ def base(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def project(base, tmp_path) -> Path:
-    dest = tmp_path / "project"
-    shutil.copytree(base, dest, symlinks=True)
-    return dest
+    return copy_of(base, tmp_path)
 
 
 def query(project: Path, sql: str, params=None) -> list[tuple]:
