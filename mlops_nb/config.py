@@ -28,7 +28,7 @@ SETTINGS_FILE = "settings.ini"
 ENV_PREFIX = "MLOPS_NB_"
 ENV_SETTINGS = "MLOPS_NB_SETTINGS"
 ENV_RUN_ID = "MLOPS_NB_RUN_ID"  # set by the runner for the notebooks of one run
-# Test hook: a run kills itself with SIGKILL when it reaches this named point (see runner.crash_point).
+# Test hook: a run kills itself with SIGKILL when it reaches this named point (transaction.crash_point).
 ENV_CRASH_AT = "MLOPS_NB_CRASH_AT"
 
 
@@ -362,10 +362,11 @@ def _build(path: Path, raw: dict) -> Settings:
     return settings
 
 
-def export_tool_env(settings: Settings) -> None:
-    """Environment that third-party libraries read when first used: BentoML's home inside the project,
-    unless the user set one (then every mlops-nb process uses theirs, consistently)."""
-    os.environ.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
+def use_bentoml_home(store) -> Path:
+    """BentoML's home for this process and its children (set before BentoML's first import): ``store``
+    (``paths.bentoml_home``), unless the user set BENTOML_HOME; then every mlops-nb process uses theirs."""
+    os.environ.setdefault("BENTOML_HOME", str(project_path(store)))
+    return Path(os.environ["BENTOML_HOME"])
 
 
 def child_environment(extra: Mapping[str, str] | None = None, python_path: str | None = None) -> dict[str, str]:
@@ -382,15 +383,6 @@ def tool_environment(settings: Settings) -> dict[str, str]:
     env = child_environment({"BENTOML_DO_NOT_TRACK": "true", ENV_SETTINGS: str(settings.file)})
     env.setdefault("BENTOML_HOME", str(settings.path("bentoml_home")))
     return env
-
-
-def export_bentoml_home(store: Path) -> None:
-    os.environ.setdefault("BENTOML_HOME", str(project_path(store)))
-
-
-def bentoml_home_env() -> Path | None:
-    value = os.environ.get("BENTOML_HOME")
-    return Path(value) if value else None
 
 
 def bentoml_home(settings: Settings) -> Path:

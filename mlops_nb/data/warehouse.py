@@ -203,12 +203,12 @@ def inventory(con) -> dict:
     objects = con.execute("SELECT table_schema, table_name, table_type FROM information_schema.tables "
                           "WHERE table_catalog = current_database()").fetchall()
     out = {"schemas": sorted({s for s, *_ in objects} | _schemas(con)),
-           "objects": sorted(f"{s}.{n}" for s, n, _ in objects), "rows": {}}
+           "objects": sorted(f"{s}.{n}" for s, n, _ in objects), "rows": {}, "collected": {}}
     for table, key in ADDITIVE.items():
         if has_table(con, table):
             rows = con.execute(f"SELECT {key}, collected_at IS NOT NULL FROM {table}").fetchall()
             out["rows"][table] = sorted(r[0] for r in rows if not r[1])
-            out["collected"] = {**out.get("collected", {}), table: sorted(r[0] for r in rows if r[1])}
+            out["collected"][table] = sorted(r[0] for r in rows if r[1])
     return out
 
 

@@ -38,22 +38,9 @@ class RegistryError(MlopsNbError):
     http_status = 409
 
 
-def _bentoml(settings: config.Settings | None = None):
-    """BentoML, with its home inside the project (set before its first import)."""
-    config.export_tool_env(settings or config.get_settings())
-    import bentoml
-
-    return bentoml
-
-
-def _bentoml_at(store: Path):
-    """BentoML, its store at ``store``; refused when this process already uses another store."""
-    store = config.project_path(store)
-    config.export_bentoml_home(store)
-    if config.bentoml_home_env().resolve() != store.resolve():
-        raise RegistryError(f"The model store must be {store} (paths.bentoml_home); got BENTOML_HOME="
-                            f"{config.bentoml_home_env()} instead. Unset BENTOML_HOME or set paths.bentoml_home "
-                            "to it.")
+def _bentoml(store):
+    """BentoML, its home at ``store`` (see ``config.use_bentoml_home``)."""
+    config.use_bentoml_home(store)
     import bentoml
 
     return bentoml
@@ -78,7 +65,7 @@ def save(estimator_file: Path, info: dict, reference_dir: Path | None, model_nam
     when the run commits)."""
     import hashlib
 
-    bentoml = _bentoml_at(Path(store))
+    bentoml = _bentoml(store)
     digest = hashlib.sha256(Path(estimator_file).read_bytes()).hexdigest()
     tag = f"{model_name}:{digest[:16]}"
     try:
@@ -146,13 +133,16 @@ def _primitive(obj):
     return str(obj)
 
 
-def model_dir(tag: str, settings: config.Settings | None = None, store=None) -> Path:
-    bentoml = _bentoml_at(Path(store)) if store is not None else _bentoml(settings)
+def model_dir(tag: str, store=None) -> Path:
+    """The folder of ``tag`` in the model store (``store``: paths.bentoml_home; default the project's)."""
+    home = config.use_bentoml_home(store if store is not None else config.get_settings().path("bentoml_home"))
+    import bentoml
+
     try:
         return Path(bentoml.models.get(tag).path)
     except bentoml.exceptions.NotFound:
-        raise NotFoundError(f"Model {tag} is not in the model store {config.bentoml_home_env()}; "
-                            "it was deleted or the store was moved. Run the pipeline again.") from None
+        raise NotFoundError(f"Model {tag} is not in the model store {home}; it was deleted or the store was "
+                            "moved. Run the pipeline again.") from None
 
 
 def load(tag: str, sha256: str, store=None):

@@ -12,7 +12,7 @@ import json
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MlopsNbError, NotFoundError, PipelineError, did_you_mean
@@ -41,7 +41,6 @@ class BuildResult:
     tasks: list[TaskResult]
     error: MlopsNbError | None = None
     failed_task: str | None = None
-    products: dict[str, dict[str, Path]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -50,7 +49,7 @@ class BuildResult:
 
 def build_dag(plan, tokens: dict[str, str], executor: str = "engine", task_timeout: int = 3600):
     """A Ploomber DAG for an mlops-nb plan, notebooks in-process (ploomber-engine) or in kernels (papermill).
-    Each task gets our decision as a parameter (``spec.token``): Ploomber re-runs exactly the tasks whose
+    Each task gets our decision as a parameter (``plan.token``): Ploomber re-runs exactly the tasks whose
     token changed, and what is downstream of them."""
     _import_ploomber()
     from ploomber.spec import DAGSpec

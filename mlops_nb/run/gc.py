@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
+from ..errors import MlopsNbError
 from . import plan as planning
-from . import products
 
 BLOCK_BYTES = 262144  # DuckDB's block size
 
@@ -56,36 +56,21 @@ class Report:
 
 def needed_snapshots(con, settings: config.Settings, plan: planning.Plan | None) -> dict[str, str]:
     """snapshot id -> why it is kept."""
-    from ..data.warehouse import has_table
-
     keep: dict[str, str] = {}
-    for snap in _current_snapshots(plan):
-        keep.setdefault(snap, "current products")
-    rows = con.execute("SELECT a.alias, v.lineage FROM model_aliases a JOIN model_versions v USING (version)").fetchall()
-    for alias, lineage in rows:
+    current = plan.receipt("snapshot") if plan is not None else None
+    if current is not None:
+        keep[current[1]["snapshot_id"]] = "current products"
+    rows = con.execute("SELECT a.alias, v.lineage FROM model_aliases a JOIN model_versions v USING (version)")
+    for alias, lineage in rows.fetchall():
         snap = json.loads(lineage or "{}").get("snapshot_id")
         if snap:
             keep.setdefault(snap, f"the {alias}'s training data")
-    if has_table(con, "runs"):
-        recent = con.execute("SELECT snapshot_id, max(started_at) AS last_at FROM runs WHERE status = 'succeeded' "
-                             "AND snapshot_id IS NOT NULL GROUP BY snapshot_id ORDER BY last_at DESC LIMIT ?",
-                             [settings.gc.keep_runs]).fetchall()
-        for snap, _ in recent:
-            keep.setdefault(snap, f"one of the last {settings.gc.keep_runs} successful runs")
+    recent = con.execute("SELECT snapshot_id, max(started_at) AS last_at FROM runs WHERE status = 'succeeded' "
+                         "AND snapshot_id IS NOT NULL GROUP BY snapshot_id ORDER BY last_at DESC LIMIT ?",
+                         [settings.gc.keep_runs]).fetchall()
+    for snap, _ in recent:
+        keep.setdefault(snap, f"one of the last {settings.gc.keep_runs} successful runs")
     return keep
-
-
-def _current_snapshots(plan: planning.Plan | None) -> set[str]:
-    found = set()
-    if plan is None:
-        return found
-    for task in plan.tasks.values():
-        for path in task.products.values():
-            if path.suffix == ".json" and path.exists():
-                data = products.read_json(path)
-                if isinstance(data, dict) and data.get("snapshot_id"):
-                    found.add(data["snapshot_id"])
-    return found
 
 
 def collect(settings: config.Settings, dry_run: bool = False, plan: planning.Plan | None = None) -> Report:
@@ -97,7 +82,7 @@ def collect(settings: config.Settings, dry_run: bool = False, plan: planning.Pla
     if plan is None:
         try:
             plan = planning.load_plan(settings, state=planning.read_state(settings))
-        except Exception:  # a broken pipeline.yaml must not stop a collection: then no product is pruned
+        except MlopsNbError:  # a broken pipeline.yaml must not stop a collection: then no product is pruned
             plan = None
     if settings.path("warehouse").exists():
         with warehouse.connect(write=True, settings=settings) as con:
@@ -184,9 +169,10 @@ def _tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human(n: float) -> str:
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n} B"
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"

@@ -21,15 +21,13 @@ from .. import config
 
 JOURNAL_FILE = ".run-journal.json"
 SCRATCH_DIR = ".mlops-nb-run"     # one folder for everything a run keeps aside: backup, staged reports
-# phases: preparing (backup being made: nothing changed yet), running, committing, restoring
-PHASES = ("preparing", "running", "committing", "restoring")
 
 
 @dataclass
 class Journal:
     run_id: str
     pid: int
-    phase: str
+    phase: str                  # preparing (backup being made: nothing changed yet), running, committing, restoring
     products_existed: bool
     warehouse_before: dict = field(default_factory=dict)
     state_after: dict | None = None

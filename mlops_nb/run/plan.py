@@ -46,7 +46,15 @@ class Task:
     code_hash: str = ""             # hash of the mlops_nb modules its notebook imports
     inputs: dict = field(default_factory=dict)  # file or folder its parameters name -> content hash
     fingerprint: str = ""
-    uses_warehouse: bool = False    # a parameter names the warehouse
+
+    @property
+    def uses_warehouse(self) -> bool:
+        return "paths.warehouse" in self.settings_keys
+
+    def setting_of(self, param: str) -> str | None:
+        """The setting a parameter is (``{{section.key}}`` alone as its value), or None."""
+        whole = PLACEHOLDER.fullmatch(str(self.raw_params.get(param, "")).strip())
+        return whole.group(1) if whole else None
 
     @property
     def notebook(self) -> Path | None:
@@ -63,6 +71,19 @@ class Plan:
 
     def order(self) -> list[str]:
         return list(self.tasks)
+
+    def receipt(self, kind: str) -> tuple[str, dict] | None:
+        """(task, receipt) of the JSON product that says it is a ``kind`` receipt (``products.RECEIPT_KEY``):
+        products are found by what they are, not by their key in pipeline.yaml."""
+        from .products import RECEIPT_KEY, read_json
+
+        for task in self.tasks.values():
+            for path in task.products.values():
+                if path.suffix == ".json" and path.exists():
+                    data = read_json(path)
+                    if isinstance(data, dict) and data.get(RECEIPT_KEY) == kind:
+                        return task.name, data
+        return None
 
 
 def load_yaml(path: Path) -> dict:
@@ -214,7 +235,7 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
         if not isinstance(entry, dict) or "source" not in entry:
             raise PipelineError(f"{spec_path.name}: task #{i + 1} must be a mapping with a 'source'.")
         used: set[str] = set()
-        raw_params = dict(entry.get("params") or {}) if isinstance(entry, dict) else {}
+        raw_params = dict(entry.get("params") or {})
         entry = render(entry, settings, used, f"tasks[{i}]")
         source = settings.root / entry["source"]
         if not source.is_file():
@@ -243,10 +264,9 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
         text = task.source.read_text(encoding="utf-8")
         task.code_hash = code_hash(text)
         task.inputs = _inputs(task, settings, cache)
-        task.uses_warehouse = "paths.warehouse" in task.settings_keys
         payload = {
             "notebook": hashlib.sha256(text.encode()).hexdigest(),
-            "params": {k: _relative_value(v, settings.root) for k, v in task.params.items()},
+            "params": task.params,
             "products": {k: _relative(v, settings.root) for k, v in task.products.items()},
             "code_hash": task.code_hash, "inputs": task.inputs, "libraries": versions,
             "upstream": {u: plan.tasks[u].fingerprint for u in sorted(task.upstream)},
@@ -272,19 +292,14 @@ def _inputs(task: Task, settings: config.Settings, cache: dict) -> dict:
     from ..data import ingest
 
     out = {}
-    by_key = {}
-    for name in task.params:
-        placeholder = PLACEHOLDER.fullmatch(str(task.raw_params.get(name, "")).strip())
-        if placeholder:
-            by_key[placeholder.group(1)] = name
-    if any(k in by_key for k in DATA_KEYS):
-        file_settings = settings.replace({k: task.params[by_key[k]] for k in DATA_KEYS if k in by_key})
+    key_of = {name: task.setting_of(name) or "" for name in task.params}
+    data = {key: task.params[name] for name, key in key_of.items() if key in DATA_KEYS}
+    if data:
+        file_settings = settings.replace(data)
         hashes = {n: file_hash(p, cache) for n, p in sorted(ingest.resolve_sources(file_settings).items())}
         out["data"] = ingest.snapshot_id(file_settings, hashes)
     for name, value in task.params.items():
-        placeholder = PLACEHOLDER.fullmatch(str(task.raw_params.get(name, "")).strip())
-        key = placeholder.group(1) if placeholder else None
-        if key in DATA_KEYS or (key or "").startswith("paths.") or not isinstance(value, str) or not value:
+        if key_of[name] in DATA_KEYS or key_of[name].startswith("paths.") or not isinstance(value, str) or not value:
             continue
         path = Path(value) if Path(value).is_absolute() else settings.root / value
         if path.is_file():
@@ -299,23 +314,15 @@ def _inputs(task: Task, settings: config.Settings, cache: dict) -> dict:
 
 def file_hash(path: Path, cache: dict) -> str:
     """sha256 of a file, trusting ``cache`` while the file's size and modification time are unchanged."""
+    from ..data.ingest import file_sha256
+
     st = path.stat()
     key = str(path.resolve())
     hit = cache.get(key)
     if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
         return hit[2]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    cache[key] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+    cache[key] = [st.st_size, st.st_mtime_ns, file_sha256(path)]
     return cache[key][2]
-
-
-def _relative_value(value, root: Path):
-    if isinstance(value, str) and value.startswith(str(root) + "/"):
-        return value[len(str(root)) + 1:]
-    return value
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -359,12 +366,20 @@ def read_state(settings: config.Settings) -> dict:
     return state if isinstance(state, dict) else {}
 
 
-def product_record(path: Path, cache: dict) -> list:
+def _recorded(state: dict) -> dict:
+    """The tasks of a state file this version wrote (an older one counts as nothing built)."""
+    return state.get("tasks", {}) if state.get("version") == 2 else {}
+
+
+def product_record(path: Path, cache: dict) -> list | None:
     """What the state remembers of a product: [size, mtime_ns, sha256] of a file, None of a folder."""
-    return [path.stat().st_size, path.stat().st_mtime_ns, file_hash(path, cache)] if path.is_file() else None
+    if not path.is_file():
+        return None
+    file_hash(path, cache)
+    return cache[str(path.resolve())]
 
 
-def new_state(plan: Plan, previous: dict, built: dict[str, str], tokens: dict[str, str]) -> dict:
+def new_state(plan: Plan, previous: dict, built: list[str], tokens: dict[str, str]) -> dict:
     """The state after a successful build: for each task built now, its fingerprint, the token Ploomber
     saw and its products' hashes; the other tasks keep what they had."""
     tasks = dict(previous.get("tasks", {}))
@@ -379,8 +394,8 @@ def new_state(plan: Plan, previous: dict, built: dict[str, str], tokens: dict[st
 
 def stale_tasks(plan: Plan, state: dict, warehouse_exists: bool = True) -> dict[str, str]:
     """Task -> why it must run, in plan order; a task downstream of a stale one is stale too."""
-    recorded = state.get("tasks", {}) if state.get("version") == 2 else {}
-    cache = {k: v for k, v in state.get("files", {}).items()}
+    recorded = _recorded(state)
+    cache = dict(state.get("files", {}))
     why: dict[str, str] = {}
     for name, t in plan.tasks.items():
         rec = recorded.get(name)
@@ -390,16 +405,14 @@ def stale_tasks(plan: Plan, state: dict, warehouse_exists: bool = True) -> dict[
             why[name] = "its notebook, parameters, code, input data or library versions changed"
         elif t.uses_warehouse and not warehouse_exists:
             why[name] = "the warehouse is missing"
-        elif stale := next(iter(upstream for upstream in t.upstream if upstream in why), None):
+        elif stale := next((u for u in t.upstream if u in why), None):
             why[name] = f"upstream {stale} runs"
         else:
             for key, path in t.products.items():
                 was = rec.get("products", {}).get(key)
                 if not path.exists():
                     why[name] = f"product {path.name} is missing"
-                elif was is not None and path.is_file() and (
-                        (was[0], was[1]) != (path.stat().st_size, path.stat().st_mtime_ns)
-                        and file_hash(path, cache) != was[2]):
+                elif was is not None and path.is_file() and file_hash(path, cache) != was[2]:
                     why[name] = f"product {path.name} changed since the task built it"
                 if name in why:
                     break
@@ -409,7 +422,7 @@ def stale_tasks(plan: Plan, state: dict, warehouse_exists: bool = True) -> dict[
 def token(plan: Plan, state: dict, name: str, stale: bool, run_id: str) -> str:
     """What Ploomber sees of our decision: the recorded token while the task is up to date, a new one when
     it must run (Ploomber re-runs a task whose parameters changed)."""
-    rec = state.get("tasks", {}).get(name) if state.get("version") == 2 else None
+    rec = _recorded(state).get(name)
     if not stale and rec and rec.get("token"):
         return rec["token"]
     return f"{plan.tasks[name].fingerprint[:16]}-{run_id}"

@@ -99,13 +99,6 @@ class RunRecord:
     tasks: list = field(default_factory=list)   # pipeline.TaskResult
 
 
-def save(con, rec: RunRecord) -> None:
-    from ..data.warehouse import transaction
-
-    with transaction(con):
-        insert(con, rec)
-
-
 def insert(con, rec: RunRecord) -> None:
     """The run record and its tasks, inside the caller's transaction."""
     con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [

@@ -21,7 +21,6 @@ import fcntl
 import os
 import shutil
 import signal
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +97,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
         progress=None, announce=None) -> Outcome:
     """``announce(line)`` is told at once when a killed run had to be finished or undone first."""
     record = records.RunRecord(records.new_run_id(), records.now(), params=settings.as_dict())
-    with run_lock(settings), _signals_interrupt():
+    with run_lock(settings), _signals(_interrupt):
         recovered = recover(settings)
         if recovered and announce:
             announce(recovered)
@@ -146,7 +145,11 @@ def recover(settings: config.Settings) -> str | None:
             shutil.rmtree(journal.scratch_dir(settings), ignore_errors=True)
         return None
     if j.phase == "preparing":
-        _record_killed(settings, j, "killed before it changed anything")
+        if j.run_id != "unknown":
+            from ..data import warehouse
+
+            with warehouse.connect(write=True, settings=settings) as con:
+                _save_failed(con, settings, _killed_record(j), "killed before it changed anything")
         journal.remove(settings)
         return f"Recovered: run {j.run_id} was stopped before it changed anything; its leftovers are removed."
     if _committed(settings, j.run_id):
@@ -177,41 +180,26 @@ def _committed(settings, run_id: str) -> bool:
     return bool(row) and row[0] == "succeeded"
 
 
+def _interrupt(signum, frame):
+    raise RunInterrupted(signum)
+
+
 @contextmanager
-def _signals_interrupt():
-    """SIGINT and SIGTERM become RunInterrupted in the main thread while a run holds the lock."""
+def _signals(handler):
+    """SIGINT and SIGTERM handled by ``handler`` in the block: ``_interrupt`` while a run holds the lock
+    (they become RunInterrupted), SIG_IGN while it undoes or commits (a second Ctrl-C must not cut that
+    short; a SIGKILL still can, and the journal covers it). Only the main thread can set handlers."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum, frame):
-        raise RunInterrupted(signum)
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-@contextmanager
-def _signals_deferred():
-    """While undoing or committing, a second Ctrl-C must not cut the work short (a SIGKILL still can:
-    the journal covers that)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def _build(settings, plan, state, record, stale, target, scope, progress) -> Outcome:
@@ -236,12 +224,12 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
     crash_point("running")
     tokens = {n: planning.token(plan, state, n, n in stale, record.run_id) for n in plan.tasks}
     seen: dict[str, tuple[str, float]] = {}
+    report = _rendering(renderer, plan, progress)
 
     def tracked(name: str, event: str, seconds: float) -> None:
         seen[name] = (event, seconds)
         j.tasks = dict(seen)
         j.save(settings)
-        report = _rendering(renderer, plan, progress)
         if report:
             report(name, event, seconds)
 
@@ -253,14 +241,14 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
         record.tasks = [t for t in result.tasks if t.name in scope]
         if not result.ok:
             failed_reports = _keep_failed_notebook(settings, plan, result.failed_task)
-            with _signals_deferred():
+            with _signals(signal.SIG_IGN):
                 if renderer is not None:
                     renderer.cancel()
                 undone = _undo(settings, j, str(result.error), record)
             return Outcome(record, stale, failed_reports, error=result.error, undone=undone)
         reports = renderer.finish(journal.ready_reports_dir(settings)) if renderer is not None else []
         crash_point("before-commit")
-        with _signals_deferred():
+        with _signals(signal.SIG_IGN):
             built = [t.name for t in record.tasks if t.status == "ran"]
             j.state_after = planning.new_state(plan, state, built, tokens)
             journal.fsync_tree(products_dir)
@@ -278,7 +266,7 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
             outcome.notes.append(_collect_after(settings, plan))
         return outcome
     except BaseException as e:
-        with _signals_deferred():
+        with _signals(signal.SIG_IGN):
             if renderer is not None:
                 renderer.cancel()
             if record.status == "succeeded" and _committed(settings, record.run_id):
@@ -332,11 +320,11 @@ def _commit(settings, plan, record) -> None:
     from .. import registry
     from ..data import warehouse
 
-    gate = _receipt(plan, "gate")
+    gate = plan.receipt("gate")
     with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
         records.flush_pending(con, settings.path("data_dir"))
         if gate is not None and record.model_version is not None and _ran(record, gate[0]):
-            decision = {k: v for k, v in gate[1].items() if k not in ("info", products.RECEIPT_KEY)}
+            decision = {k: v for k, v in gate[1].items() if k not in ("info", "tag", "version", products.RECEIPT_KEY)}
             registry.record_gate(con, gate[1]["tag"], gate[1]["info"], decision, record.run_id)
             record.gate["aliases"] = registry.aliases(con)
         records.insert(con, record)
@@ -391,18 +379,7 @@ def _undo(settings, j: journal.Journal, why: str, record: records.RunRecord | No
         elif not j.products_existed and products_dir.exists():
             shutil.rmtree(products_dir)
             undone.append(f"products: removed {products_dir}")
-        if record is None:
-            from datetime import datetime
-
-            started = datetime.fromisoformat(j.started_at) if j.started_at else records.now()
-            record = records.RunRecord(j.run_id, started, params=j.params or {})
-            record.tasks = _tasks_so_far(list(j.tasks), j.tasks)
-        record.status, record.error, record.ended_at = "failed", why, records.now()
-        with warehouse.transaction(con):
-            records.flush_pending(con, settings.path("data_dir"))
-            if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
-                records.insert(con, record)
-        records.clear_pending(settings.path("data_dir"))
+        _save_failed(con, settings, record or _killed_record(j), why)
     staged = journal.scratch_dir(settings)
     if staged.exists():
         undone.append("reports: dropped this run's")
@@ -410,19 +387,24 @@ def _undo(settings, j: journal.Journal, why: str, record: records.RunRecord | No
     return undone
 
 
-def _record_killed(settings, j: journal.Journal, why: str) -> None:
-    """The failed record of a run killed before its backup was complete (nothing to undo)."""
+def _killed_record(j: journal.Journal) -> records.RunRecord:
+    """The record of a run that died without writing one, from what its journal says."""
     from datetime import datetime
 
+    started = datetime.fromisoformat(j.started_at) if j.started_at else records.now()
+    return records.RunRecord(j.run_id, started, params=j.params or {}, tasks=_tasks_so_far(list(j.tasks), j.tasks))
+
+
+def _save_failed(con, settings, record: records.RunRecord, why: str) -> None:
+    """A failed run's record (once, whoever saves it), with the pending up-to-date ones moved in first."""
     from ..data import warehouse
 
-    if j.run_id == "unknown":
-        return
-    record = records.RunRecord(j.run_id, datetime.fromisoformat(j.started_at) if j.started_at else records.now(),
-                            params=j.params or {}, status="failed", error=why, ended_at=records.now())
-    with warehouse.connect(write=True, settings=settings) as con, warehouse.transaction(con):
+    record.status, record.error, record.ended_at = "failed", why, records.now()
+    with warehouse.transaction(con):
+        records.flush_pending(con, settings.path("data_dir"))
         if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [record.run_id]).fetchone():
             records.insert(con, record)
+    records.clear_pending(settings.path("data_dir"))
 
 
 def _stop_children(pids: list[int]) -> None:
@@ -490,26 +472,13 @@ def _keep_failed_notebook(settings, plan, failed_task) -> list[Path]:
         return []
 
 
-def _receipt(plan: planning.Plan, kind: str) -> tuple[str, dict] | None:
-    """(task, receipt) of the JSON product that says it is a ``kind`` receipt (``products.RECEIPT_KEY``):
-    the runner finds products by what they are, not by their key in pipeline.yaml."""
-    for task in plan.tasks.values():
-        for path in task.products.values():
-            if path.suffix != ".json" or not path.exists():
-                continue
-            data = products.read_json(path)
-            if isinstance(data, dict) and data.get(products.RECEIPT_KEY) == kind:
-                return task.name, data
-    return None
-
-
 def _lineage(plan: planning.Plan, record: records.RunRecord) -> None:
     """Snapshot, metrics and the gate's decision, from the current products, into the run record."""
-    if (found := _receipt(plan, "snapshot")) is not None:
+    if (found := plan.receipt("snapshot")) is not None:
         record.snapshot_id = found[1].get("snapshot_id")
-    if (found := _receipt(plan, "metrics")) is not None:
+    if (found := plan.receipt("metrics")) is not None:
         record.metrics = found[1].get("test", found[1])
-    if (found := _receipt(plan, "gate")) is not None:
+    if (found := plan.receipt("gate")) is not None:
         decision = found[1]
         record.model_version = decision["version"]
         record.gate = {"promote": decision.get("promote"), "reasons": decision.get("reasons"),

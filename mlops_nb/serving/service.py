@@ -114,7 +114,7 @@ class _RefusalsInOneLine(logging.Filter):
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_RefusalsInOneLine())
 
 if not pinned_path().exists():  # a Bento's models come from the Bento, not the project's store
-    config.export_tool_env(SETTINGS)
+    config.use_bentoml_home(SETTINGS.path("bentoml_home"))
 
 
 @bentoml.service(
