@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ SMALL_SETTINGS = {
 
 # The reference pipeline's tasks, upstream first. pipeline.yaml may hold more; see pipeline_graph().
 TASKS = ["ingest", "validate", "features", "train", "evaluate"]
+ALL_TASKS = frozenset(TASKS + ["gate"])  # every task of the sample project's pipeline.yaml
 ROWS_PER_MONTH = 2500  # flights sampled a month for the small CSVs
 
 
@@ -181,6 +184,11 @@ class Result:
     def tasks_with(self, status: str) -> set[str]:
         return {name for name, s in self.task_table().items() if s == status}
 
+    def json(self):
+        """The command's stdout as JSON; it must have succeeded."""
+        assert self.returncode == 0, str(self)
+        return json.loads(self.stdout)
+
 
 def run_cli(cwd: Path, *args, env: dict | None = None, timeout: float = TIMEOUT) -> Result:
     """``mlops-nb *args`` in ``cwd``, as a user would run it (no MLOPS_NB_* from our environment)."""
@@ -201,6 +209,14 @@ def build(cwd: Path, *args) -> Result:
     return run_ok(cwd, "run", "--quiet", *args)
 
 
+def assert_up_to_date(project: Path, *args, env: dict | None = None) -> Result:
+    """A quiet `mlops-nb run *args` that succeeds with nothing to do (no task ran)."""
+    result = run_ok(project, "run", "--quiet", *args, env=env)
+    assert "Nothing to do" in result.stdout, str(result)
+    assert result.tasks_with("ran") == set(), str(result)
+    return result
+
+
 # --------------------------------------------------------------------------------------------------
 # what a run may or may not change
 
@@ -208,6 +224,17 @@ def build(cwd: Path, *args) -> Result:
 WAREHOUSE = Path("data/warehouse.duckdb")
 PRODUCTS = Path("data/products")
 RUN_TABLES = {"main.runs", "main.run_tasks"}
+MODEL_NAME = "flight_delay"  # registry.model_name of a sample project
+
+
+def model_store(project: Path, name: str = MODEL_NAME) -> Path:
+    """Where BentoML keeps the versions of a model inside the project's store."""
+    return project / "data" / "bentoml" / "models" / name
+
+
+def store_dir(project: Path, version: str) -> Path:
+    """Where BentoML keeps a model version inside the project's store."""
+    return model_store(project) / version
 
 
 def copy_of(project: Path, folder: Path) -> Path:
@@ -249,18 +276,38 @@ def folder_bytes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def run_count(project: Path) -> int:
-    from mlops_nb.data.warehouse import connect
+@contextmanager
+def read_warehouse(project: Path):
+    """A read-only connection to the project's warehouse, closed when the block ends."""
+    import duckdb
 
-    with connect(path=project / WAREHOUSE) as con:
-        return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    con = duckdb.connect(str(project / WAREHOUSE), read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def query(project: Path, sql: str, params=None) -> list[tuple]:
+    """The rows of ``sql`` (with ``params``) on the project's warehouse, opened read-only."""
+    with read_warehouse(project) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def query_dicts(project: Path, sql: str, params=None) -> list[dict]:
+    """As ``query``, each row a dict by column name."""
+    with read_warehouse(project) as con:
+        cur = con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def run_count(project: Path) -> int:
+    return query(project, "SELECT count(*) FROM runs")[0][0]
 
 
 def last_run(project: Path) -> dict:
-    import json
-
-    result = run_ok(project, "runs", "--json", "--limit", "1")
-    rows = json.loads(result.stdout)
+    rows = run_ok(project, "runs", "--json", "--limit", "1").json()
     assert rows, "no run recorded"
     return rows[0]
 

@@ -32,12 +32,11 @@ import pytest
 
 import conftest
 
-from conftest import CLI, REPO, TIMEOUT, VENV_BIN
+from conftest import CLI, MODEL_NAME, REPO, TIMEOUT, VENV_BIN, store_dir  # noqa: F401 (MODEL_NAME: re-exported)
 
 PYTHON = Path(sys.executable)
 BENTOML = VENV_BIN / "bentoml"
 READY_TIMEOUT = 120    # seconds, a server's cold start (the machine is shared: be generous)
-MODEL_NAME = "flight_delay"
 
 MAX_ROWS = 50  # the champion server's serving.max_rows
 SECOND_RUN = ["-p", "model.learning_rate=0.05", "-p", "gate.min_roc_auc=0.99"]
@@ -54,15 +53,11 @@ def clean_env(extra: dict | None = None) -> dict:
 
 
 class Result(conftest.Result):
-    """A finished command (any command, not only mlops-nb), with its JSON output at hand."""
+    """A finished command (any command, not only mlops-nb); ``json()`` as conftest.Result's."""
 
     def __str__(self):
         return (f"$ {' '.join(map(str, self.args))}\nexit {self.returncode} after {self.seconds:.1f} s\n"
                 f"--- stdout\n{self.stdout[-6000:]}\n--- stderr\n{self.stderr[-6000:]}")
-
-    def json(self):
-        assert self.returncode == 0, str(self)
-        return json.loads(self.stdout)
 
 
 def run(args: list, cwd: Path, env: dict | None = None, timeout: float = TIMEOUT) -> Result:
@@ -123,11 +118,6 @@ def aliases(project: Path) -> dict[str, str]:
 def audit(project: Path) -> list[dict]:
     """The alias audit log, oldest first."""
     return sorted(mlops_ok(project, "models", "audit", "--json").json(), key=lambda r: r["seq"])
-
-
-def store_dir(project: Path, version: str) -> Path:
-    """Where BentoML keeps a model version inside the project's store."""
-    return project / "data" / "bentoml" / "models" / MODEL_NAME / version
 
 
 @dataclass

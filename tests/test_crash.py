@@ -25,14 +25,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (CLI, PRODUCTS, WAREHOUSE, BuiltProject, cli_env, folder_bytes, run_cli,
-                      warehouse_tables)
+from conftest import (ALL_TASKS, CLI, PRODUCTS, BuiltProject, cli_env, folder_bytes, model_store, query, run_cli,
+                      run_count, warehouse_tables)
 
 pytestmark = pytest.mark.slow
 
 STEP_TIMEOUT = 180          # seconds, for any one command of a scenario
 SEED_RUN = ("run", "-p", "model.seed=7")   # a run that retrains: train, evaluate, gate
-MODEL_NAME = "flight_delay"
 LOCKED = "in progress"      # what a refused second run says
 ROLLED_BACK, COMMITTED = "rolled back", "committed"
 
@@ -135,16 +134,6 @@ class Snapshot:
     reports: dict
 
 
-def query(project: Path, sql: str) -> list[tuple]:
-    import duckdb
-
-    con = duckdb.connect(str(project / WAREHOUSE), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def snapshot(project: Path) -> Snapshot:
     reports = project / "reports"
     return Snapshot(
@@ -160,11 +149,8 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-STORE = Path("data/bentoml/models") / MODEL_NAME
-
-
 def store_versions(project: Path) -> set[str]:
-    root = project / STORE
+    root = model_store(project)
     return {d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else set()
 
 
@@ -180,7 +166,7 @@ def leftovers(project: Path) -> list[str]:
 
 
 def product_paths(project: Path) -> dict[tuple[str, str], Path]:
-    """(task, product key) -> file, from pipeline.yaml (read independently of mlops_nb.spec)."""
+    """(task, product key) -> file, from pipeline.yaml (read independently of mlops_nb.run.plan)."""
     spec = yaml.safe_load((project / "pipeline.yaml").read_text())
     out = {}
     for task in spec["tasks"]:
@@ -204,23 +190,17 @@ def live_helpers(project: Path) -> list[str]:
 
 
 def warehouse_opens(project: Path) -> None:
-    import duckdb
-
-    con = duckdb.connect(str(project / WAREHOUSE), read_only=True)
-    try:
-        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] >= 1
-    finally:
-        con.close()
+    assert run_count(project) >= 1
 
 
-def invariants(project: Path, before: Snapshot, outcome: str, run_id: str | None) -> Snapshot:
+def invariants(project: Path, before: Snapshot, outcome: str, run_id: str | None) -> None:
     """Everything that must hold once a stopped run was undone (ROLLED_BACK) or finished (COMMITTED)."""
     warehouse_opens(project)
     now = snapshot(project)
     assert leftovers(project) == [], "left behind in data/"
     assert live_helpers(project) == [], "a process of the killed run still works in its scratch folder"
     assert store_versions(project) == now.versions, "model-store folders != registered versions"
-    latest = project / STORE / "latest"
+    latest = model_store(project) / "latest"
     assert not latest.exists() or latest.read_text().strip() in now.versions, "the store's 'latest' is gone"
     for old, status in before.runs.items():
         assert now.runs.get(old) == status, f"run {old} changed"
@@ -234,7 +214,7 @@ def invariants(project: Path, before: Snapshot, outcome: str, run_id: str | None
         assert now.runs.get(run_id) == "failed", f"killed run {run_id} is recorded as {now.runs.get(run_id)}"
     else:
         assert now.runs.get(run_id) == "succeeded", f"run {run_id}: {now.runs.get(run_id)}"
-        ((version, gate),) = query(project, f"SELECT model_version, gate FROM runs WHERE run_id = '{run_id}'")
+        ((version, gate),) = query(project, "SELECT model_version, gate FROM runs WHERE run_id = ?", [run_id])
         assert version not in before.versions and now.versions == before.versions | {version}
         assert sha256(project / PRODUCTS / "model.joblib")[:16] == version, "the model file is not the new version"
         gate = json.loads(gate)
@@ -248,12 +228,11 @@ def invariants(project: Path, before: Snapshot, outcome: str, run_id: str | None
                 if recorded is not None:
                     assert sha256(paths[task, key]) == recorded[2], f"state file: {task}.{key} does not match"
         assert set(now.reports) == set(before.reports), "reports missing after the committed run"
-        ran = {t for (t,) in query(project, f"SELECT task FROM run_tasks WHERE run_id = '{run_id}' "
-                                            "AND status = 'ran'")}
+        ran = {t for (t,) in query(project, "SELECT task FROM run_tasks WHERE run_id = ? AND status = 'ran'",
+                                      [run_id])}
         assert {"train", "evaluate", "gate"} <= ran
         for task in ("evaluate", "gate"):
             assert now.reports[f"{task}.html"] != before.reports[f"{task}.html"], f"{task}.html is the old one"
-    return now
 
 
 def recover(project: Path, *command: str) -> str:
@@ -284,8 +263,7 @@ def then_next_runs_work(project: Path, outcome: str) -> None:
 
 
 def test_base_build_succeeded(base):
-    assert base.first.returncode == 0 and base.first.tasks_with("ran") == {
-        "ingest", "validate", "features", "train", "evaluate", "gate"}, str(base.first)
+    assert base.first.returncode == 0 and base.first.tasks_with("ran") == ALL_TASKS, str(base.first)
 
 
 @pytest.mark.parametrize("point, outcome, command", [
@@ -320,7 +298,7 @@ def test_sigkill_during_task(project, args, line, delay):
     invariants(project, before, ROLLED_BACK, killed.run_id)
     if line == "running train":  # the kill landed inside the task (it takes seconds): both say where
         assert "train ran" not in killed.stderr, str(killed)
-        ((error,),) = query(project, f"SELECT error FROM runs WHERE run_id = '{killed.run_id}'")
+        ((error,),) = query(project, "SELECT error FROM runs WHERE run_id = ?", [killed.run_id])
         assert killed.run_id in said and "killed while running task train" in said, said
         assert "killed while running task train" in error, error
     then_next_runs_work(project, ROLLED_BACK)

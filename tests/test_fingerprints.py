@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PRODUCTS, WAREHOUSE, build, copy_of, last_run, run_ok
+from conftest import (ALL_TASKS, PRODUCTS, WAREHOUSE, assert_up_to_date, build, copy_of, last_run, make_project,
+                      model_store, run_ok)
 
 pytestmark = pytest.mark.slow
 
-ALL = {"ingest", "validate", "features", "train", "evaluate", "gate"}
 STATE = PRODUCTS / ".mlops-nb-state.json"
 
 
@@ -30,7 +30,7 @@ def ran(project: Path, result, env: dict | None = None) -> set[str]:
     table = result.task_table()
     assert table, f"no task table in the output:\n{result}"
     from_table = {t for t, s in table.items() if s == "ran"}
-    rows = json.loads(run_ok(project, "runs", "--json", "--limit", "1", env=env).stdout)
+    rows = run_ok(project, "runs", "--json", "--limit", "1", env=env).json()
     record = rows[0]
     assert record["status"] == ("up-to-date" if not from_table else "succeeded"), record
     from_record = {t["task"] for t in record["tasks"] if t["status"] == "ran"}
@@ -44,8 +44,7 @@ def run_and_get_ran(project: Path, *args, env: dict | None = None) -> set[str]:
 
 
 def assert_nothing_to_do(project: Path, *args) -> None:
-    result = run_ok(project, "run", *args)
-    assert "Nothing to do" in result.stdout, str(result)
+    result = assert_up_to_date(project, *args)
     assert ran(project, result) == set()
     assert set(result.task_table().values()) == {"skipped"}, str(result)
 
@@ -101,18 +100,17 @@ def test_model_seed_runs_train_and_downstream(project):
 def test_registry_model_name_runs_only_the_gate(project):
     assert run_and_get_ran(project, "-p", "registry.model_name=other") == {"gate"}
     # the gate saved the model under the new name, in the project's own store
-    assert any((project / "data" / "bentoml" / "models" / "other").iterdir())
+    assert any(model_store(project, "other").iterdir())
 
 
 def test_new_warehouse_path_runs_every_task_using_it(project):
     env = {"MLOPS_NB_PATHS__WAREHOUSE": "data/other.duckdb"}
     before = (project / WAREHOUSE).read_bytes()
-    assert run_and_get_ran(project, env=env) == ALL
+    assert run_and_get_ran(project, env=env) == ALL_TASKS
     assert (project / "data" / "other.duckdb").is_file()
     assert (project / WAREHOUSE).read_bytes() == before  # the old warehouse is not written
     # the same setting given with -p is the same run: up to date now
-    result = run_ok(project, "run", "-p", "paths.warehouse=data/other.duckdb")
-    assert "Nothing to do" in result.stdout, str(result)
+    assert_up_to_date(project, "-p", "paths.warehouse=data/other.duckdb")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,10 +121,7 @@ def test_new_warehouse_path_runs_every_task_using_it(project):
 def renamed(tmp_path_factory, small_data) -> Path:
     """A built project whose ingest task is called `load`, reading a CSV folder (inputs/), and whose features
     task takes a parameter naming a file (notes: notes.txt)."""
-    from conftest import make_project
-
     root = tmp_path_factory.mktemp("renamed") / "project"
-    root.mkdir(parents=True)
     shutil.copytree(small_data, root / "inputs")
     make_project(root, "inputs", pipeline__reports="false")
     spec = yaml.safe_load((root / "pipeline.yaml").read_text(encoding="utf-8"))
@@ -170,7 +165,7 @@ def test_changed_byte_of_data_runs_the_task_reading_it_and_downstream(renamed_co
     flights.write_bytes(data[:at + 1] + b"A" + data[at + 2:])  # one carrier UA -> AA: one byte, same size
     assert flights.stat().st_size == len(data)
 
-    plan, stale = plan_and_stale(project)
+    stale = plan_and_stale(project)[1]
     assert set(stale) == tasks, stale
     assert "never built" not in " ".join(stale.values()), stale
     assert run_and_get_ran(project) == tasks
@@ -210,8 +205,8 @@ def test_new_library_version_makes_every_task_stale(project, monkeypatch):
     real = spec.result_library_versions()
     assert real.get("scikit-learn")
     monkeypatch.setattr(spec, "result_library_versions", lambda: {**real, "scikit-learn": "0.0.1"})
-    plan, stale = plan_and_stale(project)
-    assert set(stale) == ALL, stale
+    stale = plan_and_stale(project)[1]
+    assert set(stale) == ALL_TASKS, stale
     for name, why in stale.items():
         assert "library versions" in why, (name, why)
 
@@ -254,7 +249,7 @@ def test_changed_or_missing_product_runs_its_task_and_downstream(built, project,
 
 def test_deleted_state_file_runs_everything(project):
     (project / STATE).unlink()
-    assert run_and_get_ran(project) == ALL
+    assert run_and_get_ran(project) == ALL_TASKS
     assert (project / STATE).is_file()
     assert_nothing_to_do(project)
 
@@ -263,7 +258,7 @@ def test_missing_warehouse_runs_every_task_using_it(project):
     (project / WAREHOUSE).unlink()
     plan, stale = plan_and_stale(project)
     using = {n for n, t in plan.tasks.items() if t.uses_warehouse}
-    assert using == ALL
+    assert using == ALL_TASKS
     assert set(stale) == using and all("warehouse is missing" in why for why in stale.values()), stale
     assert run_and_get_ran(project) == using
     assert (project / WAREHOUSE).is_file()

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (PRODUCTS, WAREHOUSE, build, copy_of, fingerprint_tables, folder_bytes, last_run, make_project,
-                      run_ok)
+from conftest import (MODEL_NAME, PRODUCTS, WAREHOUSE, assert_up_to_date, build, copy_of, fingerprint_tables,
+                      folder_bytes, last_run, make_project, query, run_ok, store_dir)
 
 pytestmark = pytest.mark.slow
 
-MODEL_NAME = "flight_delay"
 REFUSED = ["-p", "gate.min_roc_auc=0.99"]
 RUN_A = ["-p", "data.months=1-4", "-p", "model.seed=7", *REFUSED]
 RUN_B = ["-p", "data.months=1-5", "-p", "model.seed=8", *REFUSED]
@@ -37,13 +36,6 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(base, tmp_path) -> Path:
     return copy_of(base, tmp_path)
-
-
-def query(project: Path, sql: str, params=None) -> list[tuple]:
-    from mlops_nb.data.warehouse import connect
-
-    with connect(path=project / WAREHOUSE) as con:
-        return con.execute(sql, params or []).fetchall()
 
 
 def snap_schemas(project: Path) -> set[str]:
@@ -77,13 +69,9 @@ def is_scratch(name: str) -> bool:
     return name.startswith(".") and name.endswith(".scratch")
 
 
-def run_json(project: Path, *args, env=None) -> dict:
-    return json.loads(run_ok(project, *args, env=env).stdout)
-
-
 def test_gc_removes_what_nothing_needs_and_keeps_lineage(project):
     s0 = last_run(project)["snapshot_id"]
-    champion = run_json(project, "models", "show", "champion", "--json")
+    champion = run_ok(project, "models", "show", "champion", "--json").json()
     assert champion["lineage"]["snapshot_id"] == s0
     build(project, *RUN_A)
     s1 = last_run(project)["snapshot_id"]
@@ -91,13 +79,13 @@ def test_gc_removes_what_nothing_needs_and_keeps_lineage(project):
     s2 = last_run(project)["snapshot_id"]
     assert len({s0, s1, s2}) == 3
     assert {schema_of(s) for s in (s0, s1, s2)} <= snap_schemas(project)  # after_run is off: nothing went yet
-    versions_before = run_json(project, "models", "list", "--json")
+    versions_before = run_ok(project, "models", "list", "--json").json()
     assert len(versions_before) == 3
     (s1_set, s1_table, _), = feature_sets_of(project, s1)
     assert s1_table in feature_tables(project)
 
     # strays: a model-store folder no version names, a file no task makes
-    fake = project / "data" / "bentoml" / "models" / MODEL_NAME / "deadbeef00000000"
+    fake = store_dir(project, "deadbeef00000000")
     fake.mkdir()
     (fake / "model.joblib").write_bytes(b"not a model" * 100)
     (project / PRODUCTS / "stray.txt").write_text("left over\n", encoding="utf-8")
@@ -105,7 +93,7 @@ def test_gc_removes_what_nothing_needs_and_keeps_lineage(project):
 
     # --dry-run: says what would go, changes nothing
     tables_before = fingerprint_tables(project / WAREHOUSE)
-    dry = run_json(project, "gc", "--dry-run", "--json")
+    dry = run_ok(project, "gc", "--dry-run", "--json").json()
     assert dry["dry_run"] is True
     removed = {(i["kind"], i["name"]) for i in dry["removed"]}
     scratch = {(k, n) for k, n in removed if k == "product" and is_scratch(n)}  # tasks' hand-over folders
@@ -118,11 +106,11 @@ def test_gc_removes_what_nothing_needs_and_keeps_lineage(project):
     assert s0[:12] in kept and s2[:12] in kept and s1[:12] not in kept, dry["kept"]
 
     # keep_runs counts: with 2, the snapshot of the run before the last one is kept too
-    dry2 = run_json(project, "gc", "--dry-run", "--json", env={"MLOPS_NB_GC__KEEP_RUNS": "2"})
+    dry2 = run_ok(project, "gc", "--dry-run", "--json", env={"MLOPS_NB_GC__KEEP_RUNS": "2"}).json()
     assert ("snapshot", s1[:12]) not in {(i["kind"], i["name"]) for i in dry2["removed"]}, dry2
 
     # the real collection
-    report = run_json(project, "gc", "--json")
+    report = run_ok(project, "gc", "--json").json()
     assert report["dry_run"] is False
     assert {(i["kind"], i["name"]) for i in report["removed"]} == removed
     assert report["freed_bytes"] > 0
@@ -136,7 +124,7 @@ def test_gc_removes_what_nothing_needs_and_keeps_lineage(project):
     assert row["inputs"] and row["row_counts"]
     for s in (s0, s2):
         assert snapshot_row(project, s)["collected_at"] is None
-    (fs, table, collected), = feature_sets_of(project, s1)
+    (_, table, collected), = feature_sets_of(project, s1)
     assert collected is not None and table not in feature_tables(project)
     for s in (s0, s2):
         assert all(c is None and t in feature_tables(project) for _, t, c in feature_sets_of(project, s))
@@ -150,15 +138,14 @@ def test_gc_removes_what_nothing_needs_and_keeps_lineage(project):
         assert name in after
 
     # the registry is whole: every version listed, the champion loads its lineage
-    assert run_json(project, "models", "list", "--json") == versions_before
-    assert run_json(project, "models", "show", "champion", "--json")["version"] == champion["version"]
+    assert run_ok(project, "models", "list", "--json").json() == versions_before
+    assert run_ok(project, "models", "show", "champion", "--json").json()["version"] == champion["version"]
     for v in versions_before:
-        shown = run_json(project, "models", "show", v["version"], "--json")
+        shown = run_ok(project, "models", "show", v["version"], "--json").json()
         assert shown["lineage"]["snapshot_id"] in (s0, s1, s2)
 
     # gc made nothing stale
-    again = run_ok(project, "run", *RUN_B)
-    assert "Nothing to do" in again.stdout, str(again)
+    assert_up_to_date(project, *RUN_B)
 
     # the collected snapshot's settings make it again
     result = build(project, *RUN_A)
@@ -167,7 +154,7 @@ def test_gc_removes_what_nothing_needs_and_keeps_lineage(project):
     assert record["status"] == "succeeded" and record["snapshot_id"] == s1
     assert schema_of(s1) in snap_schemas(project)
     assert snapshot_row(project, s1)["collected_at"] is None
-    (fs, table, collected), = feature_sets_of(project, s1)
+    (_, table, collected), = feature_sets_of(project, s1)
     assert collected is None and table in feature_tables(project)
     assert query(project, f'SELECT count(*) FROM "{schema_of(s1)}".flights')[0][0] > 0
 
@@ -184,6 +171,5 @@ def test_gc_after_each_run_keeps_the_warehouse_small(project):
     assert snap_schemas(project) == {schema_of(s0), schema_of(snapshots[-1])}
     rows = dict(query(project, "SELECT snapshot_id, collected_at IS NOT NULL FROM snapshots"))
     assert rows == {s0: False, snapshots[1]: True, snapshots[2]: True, snapshots[3]: False}
-    assert len(run_json(project, "models", "list", "--json")) == 4
-    again = run_ok(project, "run", *RUN_C, "-p", "gc.after_run=true")
-    assert "Nothing to do" in again.stdout, str(again)
+    assert len(run_ok(project, "models", "list", "--json").json()) == 4
+    assert_up_to_date(project, *RUN_C, "-p", "gc.after_run=true")

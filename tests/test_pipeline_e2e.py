@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CLI, PACKAGE, PRODUCTS, TASKS, TIMEOUT, Result, cli_env,
+from conftest import (CLI, PACKAGE, PRODUCTS, TASKS, TIMEOUT, Result, assert_up_to_date, cli_env,
                       downstream, folder_bytes, last_run, pipeline_graph, read_csv_text,
                       run_cli, run_count, run_ok, tasks_using, upstream_closure, warehouse_tables)
 from mlops_nb.run import plan as spec
@@ -40,13 +40,6 @@ def assert_ran_exactly(result: Result, expected: set[str], graph: dict):
     assert set(table) == set(graph), str(result)
     assert result.tasks_with("ran") == expected, str(result)
     assert result.tasks_with("skipped") == set(graph) - expected, str(result)
-
-
-def assert_up_to_date(project: Path):
-    result = run_ok(project, "run", "--quiet")
-    assert "Nothing to do" in result.stdout, str(result)
-    assert result.tasks_with("ran") == set(), str(result)
-    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,7 +94,7 @@ def test_reports_are_offline_html_without_code(built, task):
 
 @pytest.mark.slow
 def test_runs_json_records_lineage(project, graph):
-    rows = json.loads(run_ok(project, "runs", "--json").stdout)
+    rows = run_ok(project, "runs", "--json").json()
     assert len(rows) == 1
     run = rows[0]
     assert run["status"] == "succeeded"
@@ -172,8 +165,7 @@ def test_model_seed_reruns_only_train_and_downstream(project, graph):
     run = last_run(project)
     assert run["status"] == "succeeded" and run["params"]["model.seed"] == "7"
     # the same parameters again: nothing to do
-    result = run_ok(project, "run", "--quiet", "-p", "model.seed=7")
-    assert "Nothing to do" in result.stdout, str(result)
+    assert_up_to_date(project, "-p", "model.seed=7")
 
 
 @pytest.mark.slow

@@ -9,52 +9,33 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
 
 pytest.register_assert_rewrite("served_project")
-from served_project import audit, mlops, mlops_ok, py_json, store_dir  # noqa: E402
+from conftest import ALL_TASKS, last_run, query_dicts  # noqa: E402
+from served_project import aliases, audit, mlops, mlops_ok, py_json, store_dir  # noqa: E402
 
 pytest_plugins = ["served_project"]
 pytestmark = pytest.mark.slow
 
-WAREHOUSE = Path("data/warehouse.duckdb")
-
-
-def rows(project: Path, sql: str, params=None) -> list[dict]:
-    from mlops_nb.data.warehouse import connect
-
-    with connect(path=project / WAREHOUSE) as con:
-        cur = con.execute(sql, params or [])
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
-def newest_run(project: Path) -> dict:
-    return mlops_ok(project, "runs", "--json", "--limit", "1").json()[0]
-
-
-def champion(project: Path) -> str | None:
-    return next((r["version"] for r in mlops_ok(project, "models", "list", "--json").json()
-                 if "champion" in r["aliases"]), None)
-
 
 def test_same_bytes_trained_again_add_a_registration_only(served, served_copy):
     project = served_copy
-    versions_before = rows(project, "SELECT * FROM model_versions ORDER BY version")
+    versions_before = query_dicts(project, "SELECT * FROM model_versions ORDER BY version")
     (v1_row,) = [r for r in versions_before if r["version"] == served.v1]
-    regs_before = rows(project, "SELECT * FROM model_registrations WHERE version = ?", [served.v1])
+    regs_before = query_dicts(project, "SELECT * FROM model_registrations WHERE version = ?", [served.v1])
     assert [r["run_id"] for r in regs_before] == [v1_row["run_id"]]
 
     result = mlops_ok(project, "run", "--quiet", "--force")  # the first run's settings: v1's bytes again
-    assert result.tasks_with("ran") == {"ingest", "validate", "features", "train", "evaluate", "gate"}, str(result)
-    record = newest_run(project)
+    assert result.tasks_with("ran") == ALL_TASKS, str(result)
+    record = last_run(project)
     assert record["status"] == "succeeded" and record["model_version"] == served.v1, record
 
     # the version's row is exactly as it was: created_at, run_id, gate, metrics, lineage, sha256
-    assert rows(project, "SELECT * FROM model_versions ORDER BY version") == versions_before
-    regs = rows(project, "SELECT * FROM model_registrations WHERE version = ? ORDER BY registered_at", [served.v1])
+    assert query_dicts(project, "SELECT * FROM model_versions ORDER BY version") == versions_before
+    regs = query_dicts(project, "SELECT * FROM model_registrations WHERE version = ? ORDER BY registered_at",
+                       [served.v1])
     assert [r["run_id"] for r in regs] == [v1_row["run_id"], record["run_id"]]
     new = regs[1]
     assert new["registered_at"] > regs[0]["registered_at"]
@@ -63,7 +44,7 @@ def test_same_bytes_trained_again_add_a_registration_only(served, served_copy):
     assert new["promoted"] == bool(record["gate"]["promote"])
     assert json.loads(new["metrics"]) == json.loads(regs[0]["metrics"])  # same model, same rows
     assert json.loads(new["metrics"])["roc_auc"] == pytest.approx(record["metrics"]["roc_auc"])
-    assert champion(project) == served.v1
+    assert aliases(project).get("champion") == served.v1
 
     shown = mlops_ok(project, "models", "show", served.v1, "--json").json()
     assert [r["run_id"] for r in shown["registrations"]] == [v1_row["run_id"], record["run_id"]]
@@ -75,7 +56,7 @@ def test_alias_audit_rows_carry_action_and_actor(served, served_copy):
     project = served_copy
     first = audit(project)
     assert [(r["action"], r["actor"], r["to_version"]) for r in first] == [("gate", "gate", served.v1)], first
-    (v1_row,) = rows(project, "SELECT run_id FROM model_versions WHERE version = ?", [served.v1])
+    (v1_row,) = query_dicts(project, "SELECT run_id FROM model_versions WHERE version = ?", [served.v1])
     assert first[0]["run_id"] == v1_row["run_id"]
 
     mlops_ok(project, "models", "promote", served.v2, "--reason", "by hand")
@@ -94,23 +75,23 @@ def test_rollback_walks_back_by_action_not_by_reason(served, served_copy):
     project = served_copy
     v1, v2 = served.v1, served.v2
     result = mlops_ok(project, "run", "--quiet", "-p", "model.seed=7", "-p", "gate.min_roc_auc=0.99")
-    v3 = newest_run(project)["model_version"]
+    v3 = last_run(project)["model_version"]
     assert v3 not in (v1, v2), str(result)
-    assert champion(project) == v1
+    assert aliases(project).get("champion") == v1
 
     # a hand promotion whose reason starts with 'rollback' is still a promotion
     mlops_ok(project, "models", "promote", v2, "--reason", "rollback drill")
     mlops_ok(project, "models", "promote", v3, "--reason", "by hand")
-    assert champion(project) == v3
+    assert aliases(project).get("champion") == v3
 
     out = mlops_ok(project, "models", "rollback")
-    assert champion(project) == v2, str(out)
+    assert aliases(project).get("champion") == v2, str(out)
     out = mlops_ok(project, "models", "rollback")  # past the 'rollback drill' promotion, to v1
-    assert champion(project) == v1, str(out)
+    assert aliases(project).get("champion") == v1, str(out)
     refused = mlops(project, "models", "rollback")  # v1 came from the gate with no champion before it
     assert refused.returncode == 7, str(refused)
     assert "Nothing to roll back" in refused.stderr, str(refused)
-    assert champion(project) == v1
+    assert aliases(project).get("champion") == v1
 
     log = audit(project)
     assert [(r["action"], r["from_version"], r["to_version"]) for r in log] == [
@@ -138,7 +119,7 @@ LOAD = textwrap.dedent("""
 def test_load_checks_the_sha256_the_warehouse_recorded(served, served_copy):
     project = served_copy
     v1_dir, v2_dir = store_dir(project, served.v1), store_dir(project, served.v2)
-    (recorded,) = rows(project, "SELECT sha256 FROM model_versions WHERE version = ?", [served.v1])
+    (recorded,) = query_dicts(project, "SELECT sha256 FROM model_versions WHERE version = ?", [served.v1])
     assert recorded["sha256"].startswith(served.v1)
 
     before = py_json(project, LOAD, "champion", served.v2)
@@ -165,5 +146,5 @@ def test_load_checks_the_sha256_the_warehouse_recorded(served, served_copy):
     assert failed.returncode != 0, str(failed)
     assert "gate" in failed.stderr and "sha256" in failed.stderr, str(failed)
     assert recorded["sha256"][:16] in failed.stderr, str(failed)
-    assert newest_run(project)["status"] == "failed"
-    assert champion(project) == served.v1
+    assert last_run(project)["status"] == "failed"
+    assert aliases(project).get("champion") == served.v1
