@@ -197,7 +197,8 @@ def _time_task(task, seconds: dict, errors: dict, progress, timeout: int | None 
 @contextlib.contextmanager
 def _time_limit(name: str, seconds: int | None):
     """Raise TaskTimeoutError in this (main) thread when the block runs longer than ``seconds``. A signal
-    interrupts Python code and sleeps; a long call into C code ends when it returns to Python."""
+    interrupts Python code and sleeps; a long call into C code ends when it returns to Python. The timer
+    fires again every second until the block ends, should something in the task catch the error."""
     import signal
     import threading
 
@@ -206,15 +207,19 @@ def _time_limit(name: str, seconds: int | None):
         return
     from ..errors import TaskTimeoutError
 
+    closing = []
+
     def expire(signum, frame):
-        raise TaskTimeoutError(f"Task {name!r} ran longer than pipeline.task_timeout = {seconds} s and was "
-                               "stopped. Make it faster, or raise the limit (-p pipeline.task_timeout=SECONDS).")
+        if not closing:
+            raise TaskTimeoutError(f"Task {name!r} ran longer than pipeline.task_timeout = {seconds} s and was "
+                                   "stopped. Make it faster, or raise the limit (-p pipeline.task_timeout=SECONDS).")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
         yield
     finally:
+        closing.append(True)
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

@@ -97,6 +97,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
         progress=None, announce=None) -> Outcome:
     """``announce(line)`` is told at once when a killed run had to be finished or undone first."""
     record = records.RunRecord(records.new_run_id(), records.now(), params=settings.as_dict())
+    _RECEIVED.clear()
     with run_lock(settings), _signals(_interrupt):
         recovered = recover(settings)
         if recovered and announce:
@@ -180,7 +181,11 @@ def _committed(settings, run_id: str) -> bool:
     return bool(row) and row[0] == "succeeded"
 
 
+_RECEIVED: list[int] = []  # the stop signals this process got during its run
+
+
 def _interrupt(signum, frame):
+    _RECEIVED.append(signum)
     raise RunInterrupted(signum)
 
 
@@ -232,6 +237,8 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
         j.save(settings)
         if report:
             report(name, event, seconds)
+        if _RECEIVED:  # a stop signal that surfaced as the task's failure (DuckDB: "Query interrupted")
+            raise RunInterrupted(_RECEIVED[-1])
 
     try:
         with config.override(settings, {config.ENV_RUN_ID: record.run_id}), _working_dir(settings.root):
