@@ -2,7 +2,7 @@
 
 Three sides run the same pipeline in fresh copies of this project, measured in the same run of this
 script and taking turns, so that a slow spell of the machine hits all of them:
-  ours      `mlops-nb run`: notebooks in this process (ploomber-engine), run records, reports, gc;
+  ours      `mlops-nb run`: notebooks in this process (IPython shells), run records, reports, gc;
   papermill plain `ploomber build` of the same pipeline.yaml, its placeholders filled by an env.yaml:
             Ploomber's default, a Jupyter kernel a notebook (papermill), a forked process a task;
   engine    the same plain build with every task's `executor: ploomber-engine` (progress bar off) and
@@ -21,7 +21,7 @@ nothing; otherwise the script stops, so a task skipped by mistake never counts a
 
 Orchestration overhead: the wall time of a full run minus the execution time of the notebooks' cells, read
 from the executed notebooks (data/products/*.ipynb: ploomber-engine's `metadata.ploomber` timestamps, or
-the kernel's `metadata.execution` timestamps, or `metadata.papermill.duration`); when a notebook has none,
+`metadata.execution` timestamps (a kernel's, or ours), or `metadata.papermill.duration`); when a notebook has none,
 the task seconds of the run's table, and the printout says which measure was used.
 
 Then the full-run cost of `mlops-nb run` as the flights table grows (--scales), and the warehouse cost

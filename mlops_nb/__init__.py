@@ -10,9 +10,10 @@ Modules:
 - `mlops_nb.errors`: Our exception tree.
 - `mlops_nb.registry.gate`: The promotion gate: model tests, and the decision whether a new model may replace the champion.
 - `mlops_nb.registry.versions`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
-- `mlops_nb.run.dag`: The only module that imports Ploomber: build the DAG from a rendered spec, run it, report per task.
+- `mlops_nb.run.dag`: The only module that imports Ploomber: plain Ploomber projects (a pipeline.yaml and no settings.ini), loaded and built by Ploomber itself, reported per task like our runs.
 - `mlops_nb.run.gc`: Garbage collection: what no run, model version or alias needs any more leaves the warehouse, the model store and the products folder.
 - `mlops_nb.run.journal`: The run journal: written before a run changes anything, so that a run killed at any instant (SIGKILL, OOM, power loss) is undone, or finished, by the next command.
+- `mlops_nb.run.notebooks`: The run's executor: each task to build, its notebook with the run's values injected, executed in this process (IPython) or in a Jupyter kernel (papermill), saved as the task's executed notebook.
 - `mlops_nb.run.plan`: pipeline.yaml, rendered with the settings, and each task's fingerprint, without importing Ploomber.
 - `mlops_nb.run.reports`: Executed notebooks -> self-contained HTML without code cells, readable offline.
 - `mlops_nb.run.transaction`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does, whatever stops it: an error, Ctrl-C, SIGTERM, SIGKILL, a power loss.

@@ -19,7 +19,7 @@ def cmd_run(args) -> int:
                               progress=None if args.quiet else _progress,
                               announce=lambda line: print(line, file=sys.stderr, flush=True))
     rec = outcome.record
-    from ..run.dag import render_table
+    from ..run.notebooks import render_table
 
     print(render_table(rec.tasks))
     print()
@@ -72,6 +72,7 @@ def _is_plain_ploomber_project() -> bool:
 def _run_plain(spec_path: Path, overrides: dict, args) -> int:
     """A plain Ploomber project (no settings.ini): its own pipeline.yaml, built as Ploomber would."""
     from ..run import dag
+    from ..run.notebooks import render_table
 
     env = None
     if overrides:
@@ -87,7 +88,7 @@ def _run_plain(spec_path: Path, overrides: dict, args) -> int:
             node[last] = yaml.safe_load(value)
     ploomber_dag = dag.load_plain_dag(spec_path, env)
     result = dag.execute(ploomber_dag, force=args.force, target=args.task, progress=None if args.quiet else _progress)
-    print(dag.render_table(result.tasks))
+    print(render_table(result.tasks))
     if result.error is not None:
         print(f"\nerror: {result.error}", file=sys.stderr)
         return result.error.exit_code

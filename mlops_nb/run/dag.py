@@ -1,77 +1,29 @@
-"""The only module that imports Ploomber: build the DAG from a rendered spec, run it, report per task.
+"""The only module that imports Ploomber: plain Ploomber projects (a pipeline.yaml and no settings.ini),
+loaded and built by Ploomber itself, reported per task like our runs.
 
-Ploomber is unmaintained upstream: everything it does for us goes through ``build_dag`` and ``execute``,
-so it can be replaced without touching the notebooks or pipeline.yaml. Heavy imports happen inside the
-functions (``import ploomber`` takes seconds).
+An mlops-nb project's run does not come here (``plan`` and ``notebooks`` run it, without Ploomber's
+import). Ploomber is unmaintained upstream: everything it does for us goes through ``load_plain_dag`` and
+``execute``. Heavy imports happen inside the functions (``import ploomber`` takes seconds).
 """
 from __future__ import annotations
 
 import contextlib
 import gc
 import json
-import re
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MlopsNbError, NotFoundError, PipelineError, did_you_mean
+from .notebooks import (INJECTED_TAG, BuildResult, TaskResult, _time_limit, clean, explain, first_line,
+                        import_nbformat)
 
 
 def _import_ploomber():
-    """Import Ploomber without the 1.1 s that jsonschema spends compiling rfc3987_syntax's grammar, an
-    optional dependency (IRI format checks) that nothing here uses; jsonschema skips it when absent."""
-    import sys
-
-    if "jsonschema" not in sys.modules:
-        sys.modules.setdefault("rfc3987_syntax", None)
+    """Import Ploomber (its nbformat without the slow optional grammar: ``notebooks.import_nbformat``)."""
+    import_nbformat()
     import ploomber.executors  # noqa: F401
     import ploomber.spec  # noqa: F401
-
-
-@dataclass
-class TaskResult:
-    name: str
-    status: str          # ran | skipped | failed | not-run
-    seconds: float = 0.0
-
-
-@dataclass
-class BuildResult:
-    tasks: list[TaskResult]
-    error: MlopsNbError | None = None
-    failed_task: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def build_dag(plan, tokens: dict[str, str], executor: str = "engine", task_timeout: int = 3600):
-    """A Ploomber DAG for an mlops-nb plan, notebooks in-process (ploomber-engine) or in kernels (papermill).
-    Each task gets our decision as a parameter (``plan.token``): Ploomber re-runs exactly the tasks whose
-    token changed, and what is downstream of them."""
-    _import_ploomber()
-    from ploomber.spec import DAGSpec
-
-    from .plan import TOKEN_PARAM
-
-    tasks = []
-    for task in plan.tasks.values():
-        entry = dict(task.spec, name=task.name)
-        entry["params"] = {**(entry.get("params") or {}), TOKEN_PARAM: tokens[task.name]}
-        if "executor" not in entry:
-            if executor == "engine":
-                entry["executor"] = "ploomber-engine"
-                entry["executor_params"] = {"progress_bar": False}
-            else:
-                entry["executor"] = "papermill"
-                entry["executor_params"] = {"execution_timeout": task_timeout, "progress_bar": False}
-        tasks.append(entry)
-    data = dict(plan.data, tasks=tasks)
-    with _quiet():
-        dag = DAGSpec(data, parent_path=str(plan.root)).to_dag()
-    return dag
 
 
 def load_plain_dag(spec_path: Path, env: dict | None = None):
@@ -83,7 +35,7 @@ def load_plain_dag(spec_path: Path, env: dict | None = None):
         with _quiet():
             return DAGSpec(str(spec_path), env=env or None).to_dag()
     except Exception as e:
-        raise PipelineError(f"Cannot load the Ploomber spec {spec_path}: {_first_line(e)}") from None
+        raise PipelineError(f"Cannot load the Ploomber spec {spec_path}: {first_line(e)}") from None
 
 
 def execute(dag, force: bool = False, target: str | None = None, progress=None,
@@ -194,36 +146,6 @@ def _time_task(task, seconds: dict, errors: dict, progress, timeout: int | None 
     task._build = timed
 
 
-@contextlib.contextmanager
-def _time_limit(name: str, seconds: int | None):
-    """Raise TaskTimeoutError in this (main) thread when the block runs longer than ``seconds``. A signal
-    interrupts Python code and sleeps; a long call into C code ends when it returns to Python. The timer
-    fires again every second until the block ends, should something in the task catch the error."""
-    import signal
-    import threading
-
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    from ..errors import TaskTimeoutError
-
-    closing = []
-
-    def expire(signum, frame):
-        if not closing:
-            raise TaskTimeoutError(f"Task {name!r} ran longer than pipeline.task_timeout = {seconds} s and was "
-                                   "stopped. Make it faster, or raise the limit (-p pipeline.task_timeout=SECONDS).")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
-    try:
-        yield
-    finally:
-        closing.append(True)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _status(task, name: str, seconds: dict) -> tuple[str, float]:
     status = getattr(task.exec_status, "value", str(task.exec_status))
     if status == "executed":
@@ -238,54 +160,15 @@ def _status(task, name: str, seconds: dict) -> tuple[str, float]:
 def _explain(task_name, exc, failure, dag) -> MlopsNbError:
     """The failing task, the notebook cell and the cause, from Ploomber's chain of exceptions."""
     if task_name is None:  # failed before any task ran: rendering
-        return PipelineError(f"The pipeline could not be rendered: {_clean(str(failure))}")
-    chain = []
-    e = exc
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    ours = next((c for c in chain if isinstance(c, MlopsNbError)), None) or _from_kernel(chain)
-    cell = _failed_cell(dag[task_name]) or _cell_of(chain)
-    source = getattr(dag[task_name], "source", None)
+        return PipelineError(f"The pipeline could not be rendered: {clean(str(failure))}")
     where = f"Task {task_name!r}"
+    source = getattr(dag[task_name], "source", None)
     if source is not None and getattr(source, "loc", None):
         where += f" ({Path(str(source.loc)).name})"
+    cell = _failed_cell(dag[task_name])
     if cell:
         where += f", {cell}"
-    if ours is not None:  # keep its type (and exit code), prefix where it happened
-        err = type(ours).__new__(type(ours))
-        err.__dict__.update(ours.__dict__)
-        err.args = (f"{where} failed:\n{ours}",)
-        return err
-    root = chain[-1] if chain else failure
-    remote = next((c for c in chain if hasattr(c, "ename")), None)  # papermill: raised in a kernel
-    if remote is not None:
-        return PipelineError(f"{where} failed: {remote.ename}: {_first_line(remote.evalue)}")
-    return PipelineError(f"{where} failed: {type(root).__name__}: {_first_line(root)}")
-
-
-def _from_kernel(chain) -> MlopsNbError | None:
-    """One of our errors raised in a papermill kernel arrives as its class name and message only."""
-    from .. import errors
-
-    remote = next((c for c in chain if hasattr(c, "ename") and hasattr(c, "evalue")), None)
-    cls = getattr(errors, getattr(remote, "ename", ""), None)
-    if not (isinstance(cls, type) and issubclass(cls, MlopsNbError)):
-        return None
-    err = cls.__new__(cls)
-    err.args = (_clean(remote.evalue),)
-    return err
-
-
-def _cell_of(chain) -> str:
-    for c in chain:
-        index = getattr(c, "cell_index", None)  # papermill's PapermillExecutionError
-        if index is not None:
-            return f"cell {index + 1}"
-        m = re.search(r"[Cc]ell (?:#)?(\d+)", str(c).split("\n", 3)[0] if str(c) else "")
-        if m:
-            return f"cell {m.group(1)}"
-    return ""
+    return explain(where, exc if exc is not None else failure)
 
 
 def _failed_cell(task) -> str:
@@ -298,22 +181,13 @@ def _failed_cell(task) -> str:
     except Exception:
         return ""
     code = [c for c in cells if c.get("cell_type") == "code"
-            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+            and INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
     for i, c in enumerate(code, start=1):
         if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
             src = "".join(c.get("source", "")).strip().splitlines()
             last = src[-1].strip() if src else ""
             return f"code cell {i} (ending `{last[:80]}`)"
     return ""
-
-
-def _first_line(e) -> str:
-    text = _clean(str(e)).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _clean(text: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 @contextlib.contextmanager
@@ -327,13 +201,3 @@ def _quiet(everything: bool = True):
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
         yield
-
-
-def render_table(results: list[TaskResult]) -> str:
-    width = max([len(r.name) for r in results] + [4])
-    lines = [f"{'task':<{width}}  {'status':<8}  {'seconds':>8}", f"{'-' * width}  {'-' * 8}  {'-' * 8}"]
-    for r in results:
-        secs = f"{r.seconds:8.1f}" if r.status in ("ran", "failed") else f"{'':>8}"
-        lines.append(f"{r.name:<{width}}  {r.status:<8}  {secs}")
-    return "\n".join(lines)
-

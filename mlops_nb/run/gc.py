@@ -136,7 +136,6 @@ def _collect_products(settings, plan: planning.Plan, report: Report, dry_run: bo
         return
     declared = {p.resolve() for t in plan.tasks.values() for p in t.products.values()}
     keep = set(declared) | {planning.state_path(settings).resolve()}
-    keep |= {p.with_name(f".{p.name}.metadata") for p in declared}   # Ploomber's metadata of each product
     parents = {q for p in declared for q in p.parents}
     todo = sorted(root.iterdir())
     while todo:

@@ -7,8 +7,11 @@ imports, the versions of the libraries that shape results, and its upstream task
 is stale when its fingerprint differs from the one recorded when its products were built, when one of
 its products is missing or no longer the bytes it wrote, or when it uses the warehouse and the warehouse
 is gone; everything downstream of a stale task is stale too. That is decided here, in a fraction of a
-second (``import ploomber`` alone takes seconds); ``dag`` tells Ploomber the decision through one
-parameter a task, ``mlops_nb_token``, which changes exactly when the task must run.
+second; ``notebooks`` runs the stale tasks.
+
+pipeline.yaml is a Ploomber spec whose tasks are notebooks (jupytext percent files): ``source``,
+``name``, ``product`` (one path or a mapping, one of them an .ipynb: the executed notebook) and
+``params``. Other Ploomber task kinds and keys are refused with a message, not ignored.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 STATE_FILE = ".mlops-nb-state.json"
 # Libraries whose versions can change a task's result: a new version makes every task stale.
 RESULT_LIBRARIES = ("scikit-learn", "duckdb", "numpy", "pandas", "pyarrow", "scipy", "whylogs")
-TOKEN_PARAM = "mlops_nb_token"
+TASK_KEYS = ("source", "name", "product", "params")
 
 
 @dataclass
@@ -229,11 +232,13 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
     if not spec_path.is_file():
         raise PipelineError(f"No {SPEC_FILE} in {settings.root}: the pipeline is declared there.")
     raw = load_yaml(spec_path)
+    _check_spec(raw, spec_path)
     plan = Plan(settings.root, {k: v for k, v in raw.items() if k != "tasks"})
     rendered_tasks = []
     for i, entry in enumerate(raw["tasks"]):
         if not isinstance(entry, dict) or "source" not in entry:
             raise PipelineError(f"{spec_path.name}: task #{i + 1} must be a mapping with a 'source'.")
+        _check_task(entry, i, spec_path)
         used: set[str] = set()
         raw_params = dict(entry.get("params") or {})
         entry = render(entry, settings, used, f"tasks[{i}]")
@@ -250,6 +255,7 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
         task = Task(name=name, source=source, spec=entry, upstream=list(upstream),
                     products={k: settings.root / v for k, v in products.items()},
                     params=dict(entry.get("params") or {}), settings_keys=sorted(used), raw_params=raw_params)
+        _check_declared(task, declared, spec_path)
         rendered_tasks.append(task)
     names = {t.name for t in rendered_tasks}
     for t in rendered_tasks:
@@ -275,6 +281,49 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
         plan.tasks[task.name] = task
     plan.file_hashes = cache
     return plan
+
+
+def _check_spec(raw: dict, spec_path: Path) -> None:
+    extra = sorted(set(raw) - {"meta", "tasks"})
+    if extra:
+        raise PipelineError(f"{spec_path.name} has top-level key(s) {extra} that mlops-nb does not run; it reads "
+                            "'meta' and 'tasks' only. Remove them (settings.ini holds the project's settings).")
+    meta = raw.get("meta") or {}
+    if meta.get("extract_upstream") is False or meta.get("extract_product") is True:
+        raise PipelineError(f"{spec_path.name}: mlops-nb reads each task's upstream from its notebook's "
+                            "parameters cell and its products from pipeline.yaml; set meta.extract_upstream: true "
+                            "and meta.extract_product: false (or leave them out).")
+
+
+def _check_task(entry: dict, i: int, spec_path: Path) -> None:
+    from ..errors import did_you_mean
+
+    where = f"{spec_path.name}, task #{i + 1} ({entry.get('name') or entry['source']})"
+    for key in entry:
+        if key not in TASK_KEYS:
+            raise PipelineError(f"{where}: key {key!r} is not one mlops-nb runs; a task has {list(TASK_KEYS)}."
+                                f"{did_you_mean(key, TASK_KEYS)}")
+    if not str(entry["source"]).endswith(".py"):
+        raise PipelineError(f"{where}: the source must be a notebook in jupytext's percent format (a .py "
+                            f"file with '# %%' cells); got {entry['source']!r}.")
+    product = entry.get("product")
+    paths = list(product.values()) if isinstance(product, dict) else [product]
+    if not any(isinstance(p, str) and p.endswith(".ipynb") for p in paths):
+        raise PipelineError(f"{where}: the product must include the executed notebook, a path ending in "
+                            f".ipynb (e.g. product: {{nb: data/products/NAME.ipynb}}); got {product!r}.")
+
+
+def _check_declared(task: Task, declared: dict, spec_path: Path) -> None:
+    """Every parameter pipeline.yaml passes is declared in the notebook's parameters cell (a typo would
+    otherwise pass a value nothing reads, and the notebook would run on its default)."""
+    from ..errors import did_you_mean
+
+    for name in task.params:
+        if name not in declared:
+            raise PipelineError(
+                f"{spec_path.name}: task {task.name!r} passes parameter {name!r}, which the parameters cell of "
+                f"{task.source.name} does not declare.{did_you_mean(name, declared)} Declare it there (e.g. "
+                f"{name} = None), or remove it from pipeline.yaml.")
 
 
 def result_library_versions() -> dict[str, str | None]:
@@ -379,14 +428,14 @@ def product_record(path: Path, cache: dict) -> list | None:
     return cache[str(path.resolve())]
 
 
-def new_state(plan: Plan, previous: dict, built: list[str], tokens: dict[str, str]) -> dict:
-    """The state after a successful build: for each task built now, its fingerprint, the token Ploomber
-    saw and its products' hashes; the other tasks keep what they had."""
+def new_state(plan: Plan, previous: dict, built: list[str]) -> dict:
+    """The state after a successful build: for each task built now, its fingerprint and its products'
+    hashes; the other tasks keep what they had."""
     tasks = dict(previous.get("tasks", {}))
     cache: dict = {}
     for name in built:
         t = plan.tasks[name]
-        tasks[name] = {"fingerprint": t.fingerprint, "token": tokens[name],
+        tasks[name] = {"fingerprint": t.fingerprint,
                        "products": {k: product_record(p, cache) for k, p in t.products.items() if p.exists()}}
     files = {**plan.file_hashes, **cache}
     return {"version": 2, "tasks": {n: tasks[n] for n in plan.tasks if n in tasks}, "files": files}
@@ -417,12 +466,3 @@ def stale_tasks(plan: Plan, state: dict, warehouse_exists: bool = True) -> dict[
                 if name in why:
                     break
     return why
-
-
-def token(plan: Plan, state: dict, name: str, stale: bool, run_id: str) -> str:
-    """What Ploomber sees of our decision: the recorded token while the task is up to date, a new one when
-    it must run (Ploomber re-runs a task whose parameters changed)."""
-    rec = _recorded(state).get(name)
-    if not stale and rec and rec.get("token"):
-        return rec["token"]
-    return f"{plan.tasks[name].fingerprint[:16]}-{run_id}"

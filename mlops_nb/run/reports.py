@@ -31,6 +31,9 @@ def exporter():
     """One HTML exporter a process: its templates load once."""
     global _exporter
     if _exporter is None:
+        from .notebooks import import_nbformat
+
+        import_nbformat()  # before nbconvert imports it
         from nbconvert import HTMLExporter
 
         _exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
@@ -40,9 +43,9 @@ def exporter():
 
 
 def render(notebook: Path, out: Path, title: str | None = None) -> Path:
-    import nbformat
+    from .notebooks import import_nbformat
 
-    nb = nbformat.read(str(notebook), as_version=4)
+    nb = import_nbformat().read(str(notebook), as_version=4)
     nb.metadata.setdefault("title", title or Path(notebook).stem)
     body, _ = exporter().from_notebook_node(nb)
     body = _REMOTE_SCRIPT.sub("", body)

@@ -6,10 +6,10 @@ The order of a run:
    the lock of a process that died, so a dead run's lock is simply taken over);
 2. finish or undo a run that was killed before (``journal``), saying so in one line;
 3. fingerprint the tasks (``plan``) and, when nothing is stale, record an up-to-date run and stop, never
-   importing Ploomber, pandas or scikit-learn;
+   importing IPython, pandas or scikit-learn;
 4. write the journal, back up the products, take the warehouse's inventory (no copy of the warehouse:
    tasks only add content-addressed objects to it, and a rollback drops what was added);
-5. build with Ploomber (``dag``); reports render in the background into the run's scratch folder;
+5. run the stale tasks' notebooks (``notebooks``); reports render in the background into the run's scratch folder;
 6. commit in one DuckDB transaction (the gate's registration and aliases, the run record), then save the
    fingerprints, move the reports into place and drop the journal;
    on failure or a signal, undo: the warehouse, the products, the registry and the reports are as they
@@ -114,7 +114,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
         record.git_commit, record.git_dirty = records.git_info(settings.root)
         record.versions = records.library_versions()
         if not stale:
-            from .dag import TaskResult
+            from .notebooks import TaskResult
 
             record.status = "up-to-date"
             record.tasks = [TaskResult(n, "skipped") for n in scope]
@@ -209,7 +209,7 @@ def _signals(handler):
 
 def _build(settings, plan, state, record, stale, target, scope, progress) -> Outcome:
     from ..data import warehouse
-    from . import dag
+    from . import notebooks
 
     products_dir = settings.path("products_dir")
     j = journal.Journal(record.run_id, os.getpid(), "preparing", products_dir.exists(),
@@ -227,7 +227,6 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
     j.phase = "running"
     j.save(settings)
     crash_point("running")
-    tokens = {n: planning.token(plan, state, n, n in stale, record.run_id) for n in plan.tasks}
     seen: dict[str, tuple[str, float]] = {}
     report = _rendering(renderer, plan, progress)
 
@@ -242,9 +241,8 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
 
     try:
         with config.override(settings, {config.ENV_RUN_ID: record.run_id}), _working_dir(settings.root):
-            ploomber_dag = dag.build_dag(plan, tokens, settings.pipeline.executor, settings.pipeline.task_timeout)
-            result = dag.execute(ploomber_dag, target=target, progress=tracked,
-                                 task_timeout=settings.pipeline.task_timeout)
+            result = notebooks.execute(plan, scope, stale, settings.pipeline.executor,
+                                       settings.pipeline.task_timeout, progress=tracked)
         record.tasks = [t for t in result.tasks if t.name in scope]
         if not result.ok:
             failed_reports = _keep_failed_notebook(settings, plan, result.failed_task)
@@ -257,7 +255,7 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
         crash_point("before-commit")
         with _signals(signal.SIG_IGN):
             built = [t.name for t in record.tasks if t.status == "ran"]
-            j.state_after = planning.new_state(plan, state, built, tokens)
+            j.state_after = planning.new_state(plan, state, built)
             journal.fsync_tree(products_dir)
             j.phase = "committing"
             j.save(settings)
@@ -315,7 +313,7 @@ def _working_dir(folder: Path):
 
 def _tasks_so_far(scope: list[str], seen: dict) -> list:
     """The task table of a run stopped half-way: what ran, the task it stopped in, what never started."""
-    from .dag import TaskResult
+    from .notebooks import TaskResult
 
     status = {"ran": "ran", "failed": "failed", "start": "failed"}
     return [TaskResult(n, status[seen[n][0]], seen[n][1]) if n in seen else TaskResult(n, "not-run")
