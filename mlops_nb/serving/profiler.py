@@ -12,16 +12,11 @@ import pickle
 import struct
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
+
+from ..data.logs import PROFILES, window_path
 
 WRITE_SECONDS = 60.0      # how often the growing window profile (~0.5 MB) is rewritten
 HEADER = struct.Struct("!Q")
-
-
-def window_path(folder: Path, kind: str, window_start: float, worker: str, suffix: str) -> Path:
-    stamp = datetime.fromtimestamp(window_start, timezone.utc).strftime("%Y%m%dT%H%M")
-    return Path(folder) / kind / f"{stamp}-{worker}{suffix}"
 
 
 def send(stream, item) -> None:
@@ -54,7 +49,7 @@ def main(folder: str, worker: str) -> int:
 
     def write():
         if profile is not None:
-            path = window_path(folder, "profiles", window, worker, ".bin")
+            path = window_path(folder, PROFILES, window, worker, ".bin")
             tmp = path.with_name("." + path.name + ".tmp")
             profiles.write(profile, tmp)
             os.replace(tmp, path)

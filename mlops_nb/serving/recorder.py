@@ -26,7 +26,8 @@ import pandas as pd
 
 from .. import config
 from ..lib.record import RECORD
-from .profiler import send, window_path
+from ..data.logs import PREDICTIONS, window_path
+from .profiler import send
 
 DRAIN_SECONDS = 2.0       # how often queued rows are written to the prediction log
 PROFILE_SECONDS = 10.0    # how often they go to the profiler (whylogs has a cost a call, whatever the rows)
@@ -132,7 +133,7 @@ class Recorder:
                                  f'"p_late": {float(shadow[i])!r}}}')
                     lines.append(head + tail + "}\n")
                     i += 1
-            path = window_path(self.dir, "predictions", start, self.worker, ".jsonl")
+            path = window_path(self.dir, PREDICTIONS, start, self.worker, ".jsonl")
             with open(path, "a", encoding="utf-8") as f:
                 f.writelines(lines)
             self.rows_logged += len(inputs)

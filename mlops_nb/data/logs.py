@@ -1,0 +1,111 @@
+"""The service's logs: what the service writes and the monitor reads, the one contract between them.
+
+The service never imports the monitor, nor the monitor the service: both import this module (its formats
+are written down in ARCHITECTURE.md, "Service logs"). Under ``paths.serving_dir`` (a Bento's:
+$BENTOML_HOME/serving):
+
+    predictions/<window start>-<worker>.jsonl   a line a predicted row (PREDICTION_FIELDS)
+    requests/<window start>-<worker>.jsonl      a line an API request, answered or refused (REQUEST_FIELDS)
+    feedback/<day>-<writer>.jsonl               a line an observed outcome (FEEDBACK_FIELDS)
+    profiles/<window start>-<worker>.bin        the whylogs profile of a window's rows (inputs, p_late, arm)
+
+Files are only appended to, a batch of whole lines a write. A reader takes complete lines only (a line
+still being written is read the next time) and remembers how far it read each file (``read_new``).
+Times are ISO 8601 in UTC with milliseconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+PREDICTIONS, REQUESTS, FEEDBACK, PROFILES = "predictions", "requests", "feedback", "profiles"
+
+# field -> what it holds; every line has every field (null where it does not apply)
+PREDICTION_FIELDS = {
+    "request_id": "the answer's request id (16 hex digits)",
+    "key": "the request's key, or null (feedback may name the request by it)",
+    "at": "when the request was answered",
+    "model_version": "the version that answered",
+    "arm": "champion or challenger",
+    "row": "the row's index in its request (0-based)",
+    "inputs": "the row's flight record as sent (lib.record.RECORD fields; null for a missing value)",
+    "p_late": "the answered probability",
+    "latency_ms": "the request's time in the service, validation to answer, in milliseconds",
+    "shadow": "in shadow mode {arm, model_version, p_late} of the silent challenger, else null",
+}
+REQUEST_FIELDS = {
+    "request_id": "the answer's request id, or null for a refused request",
+    "at": "when the answer (or refusal) was sent",
+    "route": "/predict, /predict_batch or /feedback",
+    "status": "the HTTP status",
+    "latency_ms": "from the request's first byte in to its answer out, in milliseconds",
+    "rows": "rows predicted (0 for a refusal or feedback)",
+}
+FEEDBACK_FIELDS = {
+    "request_id": "the request the outcome belongs to, or null when given by key",
+    "key": "the request's key, or null when given by request id",
+    "late": "the observed outcome (true: arrived 15 minutes late or more)",
+    "arr_delay": "the observed arrival delay in minutes, or null",
+    "received_at": "when the outcome arrived",
+    "source": "http, or file:<name> for `mlops-nb feedback FILE`",
+}
+
+
+def now_iso(at: float | None = None) -> str:
+    moment = datetime.now(timezone.utc) if at is None else datetime.fromtimestamp(at, timezone.utc)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def window_path(folder: Path, kind: str, window_start: float, worker: str, suffix: str) -> Path:
+    """<folder>/<kind>/<window start as YYYYmmddTHHMM>-<worker><suffix>."""
+    stamp = datetime.fromtimestamp(window_start, timezone.utc).strftime("%Y%m%dT%H%M")
+    return Path(folder) / kind / f"{stamp}-{worker}{suffix}"
+
+
+def append(path: Path, lines: list[str], durable: bool = False) -> None:
+    """Append whole lines (each ending in a newline) in one write; ``durable``: on disk before returning
+    (fsync of the file, and of its folder when the file is new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(lines))
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
+    if durable and new:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_new(path: Path, offset: int = 0) -> tuple[list[dict], int, list[str]]:
+    """The complete lines of ``path`` after byte ``offset``: (records, the offset to start from next time,
+    warnings). A line that is not a JSON object is skipped with a warning naming the file and line; a file
+    shorter than ``offset`` (truncated or replaced) is read again from its start, with a warning."""
+    warnings = []
+    size = path.stat().st_size
+    if size < offset:
+        warnings.append(f"{path.name}: shorter than when last read ({size} < {offset} bytes); read again from "
+                        "its start")
+        offset = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1  # complete lines only
+    records = []
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            warnings.append(f"{path.name}: line {number} after byte {offset} is not a JSON object; skipped")
+            continue
+        records.append(record)
+    return records, offset + end, warnings
