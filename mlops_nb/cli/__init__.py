@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .alerts import cmd_alerts
 from .drift import cmd_drift
 from .feedback import cmd_feedback
 from .gc import cmd_gc
@@ -95,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
                                          "monitoring store.")
     monitor.add_argument("--window", choices=["1h", "1d"], help="window length (default: monitor.window)")
     monitor.add_argument("--json", action="store_true", help="print JSON for scripts")
+    monitor.add_argument("--check", action="store_true",
+                         help="exit 3 while an alert is open (for cron, CI or an orchestrator)")
+
+    alerts = sub.add_parser("alerts", help="the monitor's alerts: list (open ones by default), ack",
+                            description="Alerts raised by `mlops-nb monitor` from the rules of [monitor]. "
+                                        "An alert stays open until acknowledged.")
+    alerts.add_argument("--json", action="store_true", help="print JSON for scripts")
+    alerts.add_argument("--all", action="store_true", help="acknowledged alerts too")
+    asub = alerts.add_subparsers(dest="alerts_command", metavar="ACTION")
+    ack = asub.add_parser("ack", help="acknowledge (close) an alert")
+    ack.add_argument("id", metavar="ID", help="the alert's id (or a unique prefix)")
+    ack.add_argument("--by", default="cli", help="who acknowledges it (recorded with the alert)")
+    ack.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     drift = sub.add_parser("drift", help="drift of ANALYSIS against REFERENCE, per column and chunk",
                            description="Compare two tables column by column: CSV or Parquet files, or "
@@ -129,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
                     "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc,
-                    "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift}
+                    "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift, "alerts": cmd_alerts}
         if args.command in ("runs", "models", "serve", "build", "gc"):
             _recover_first()
         return commands[args.command](args)
