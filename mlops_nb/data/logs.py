@@ -46,7 +46,7 @@ REQUEST_FIELDS = {
 FEEDBACK_FIELDS = {
     "request_id": "the request the outcome belongs to, or null when given by key",
     "key": "the request's key, or null when given by request id",
-    "late": "the observed outcome (true: arrived 15 minutes late or more)",
+    "late": "the observed outcome (true: arrived more than 15 minutes late, arr_delay > 15, as the training label)",
     "arr_delay": "the observed arrival delay in minutes, or null",
     "received_at": "when the outcome arrived",
     "source": "http, or file:<name> for `mlops-nb feedback FILE`",
@@ -109,3 +109,25 @@ def read_new(path: Path, offset: int = 0) -> tuple[list[dict], int, list[str]]:
             continue
         records.append(record)
     return records, offset + end, warnings
+
+
+# --------------------------------------------------------------------------------------------------
+# additions: the feedback log's files and lines, shared by the service (POST /feedback) and
+# `mlops-nb feedback FILE`
+
+REQUEST_ID_PATTERN = r"^[0-9a-f]{16}$"   # a request id as the service makes it (os.urandom(8).hex())
+KEY_MAX_CHARS = 200                      # a request's key, as the request schemas bound it
+
+
+def day_path(folder: Path, kind: str, at: float, writer: str, suffix: str = ".jsonl") -> Path:
+    """<folder>/<kind>/<UTC day of ``at`` as YYYYmmdd>-<writer><suffix>: the feedback log's files."""
+    stamp = datetime.fromtimestamp(at, timezone.utc).strftime("%Y%m%d")
+    return Path(folder) / kind / f"{stamp}-{writer}{suffix}"
+
+
+def feedback_line(request_id: str | None, key: str | None, late: bool, arr_delay: float | None,
+                  received_at: str, source: str) -> str:
+    """One line of the feedback log, its fields in FEEDBACK_FIELDS order."""
+    return json.dumps({"request_id": request_id, "key": key, "late": bool(late),
+                       "arr_delay": None if arr_delay is None else float(arr_delay),
+                       "received_at": received_at, "source": source}) + "\n"

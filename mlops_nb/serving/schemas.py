@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
+from ..data.logs import KEY_MAX_CHARS, REQUEST_ID_PATTERN
 from ..lib.record import RECORD, REQUIRED
 
 CODE = r"^[A-Za-z0-9]{1,8}$"
@@ -89,3 +90,35 @@ class ModelInfo(BaseModel):
     mode: str
     champion: dict
     challenger: dict = Field(default_factory=dict, description="the challenger in a rollout; empty otherwise")
+
+
+class Outcome(BaseModel):
+    """The observed outcome of a predicted request, named by its request id or by its key (exactly one)."""
+    model_config = ConfigDict(extra="forbid")
+    request_id: Optional[str] = Field(None, pattern=REQUEST_ID_PATTERN,
+                                      description="the request_id of the prediction's answer (16 hex digits)")
+    key: Optional[str] = Field(None, min_length=1, max_length=KEY_MAX_CHARS,
+                               description="the key the prediction request was sent with")
+    late: StrictBool = Field(description="the observed outcome: did the flight arrive late (true or false)")
+    arr_delay: Optional[float] = Field(None, allow_inf_nan=False,
+                                       description="the observed arrival delay in minutes, if known")
+
+    @model_validator(mode="after")
+    def _one_id(self):
+        if (self.request_id is None) == (self.key is None):
+            found = "both" if self.request_id is not None else "neither"
+            raise ValueError(f"an outcome names its prediction by exactly one of request_id or key; got {found}")
+        return self
+
+
+def feedback_model(max_rows: int):
+    """The body of POST /feedback, with the row limit of the settings."""
+    return create_model(
+        "FeedbackRequest", __config__=ConfigDict(extra="forbid"),
+        outcomes=(list[Outcome], Field(..., min_length=1, max_length=max_rows,
+                                       description=f"the outcomes, 1 to {max_rows} of them")))
+
+
+class FeedbackAnswer(BaseModel):
+    accepted: int = Field(description="outcomes written to the feedback log (all of the request's)")
+    received_at: str = Field(description="when they were received (UTC, ISO 8601), their received_at")

@@ -11,6 +11,11 @@ second implementation to drift from training.
 Speed (see bench/serving.py): async endpoints, BentoML's tracing excluded from the API routes, access log
 off by default, a full garbage collection then ``gc.freeze()`` at start-up, and request profiling handed
 to a background thread.
+
+Logs (formats in ``data.logs``): the recorder writes the prediction log (a line a row, with the request's
+key and latency) and the request log (a line a request to /predict, /predict_batch and /feedback,
+answered or refused, from the ``RequestLog`` middleware); POST /feedback appends observed outcomes to the
+feedback log, durably, before it answers.
 """
 from __future__ import annotations
 
@@ -19,28 +24,37 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import anyio.to_thread
 import bentoml
 import numpy as np
 import pandas as pd
+from starlette.responses import JSONResponse
 from threadpoolctl import threadpool_limits
+
 from .. import config, registry
+from ..data import logs
 from ..errors import MlopsNbError
 from ..lib.model import predict_proba
 from ..lib.record import RECORD
+from .access import RequestLog
 from .limits import BodyLimit
 from .recorder import Recorder
-from .schemas import ModelInfo, Prediction, request_models
+from .schemas import FeedbackAnswer, ModelInfo, Prediction, feedback_model, request_models
 
 PINNED_FILE = "pinned.json"
-API_ROUTES = ["/predict", "/predict_batch", "/model"]
+API_ROUTES = ["/predict", "/predict_batch", "/model", "/feedback"]
+LOGGED_ROUTES = ["/predict", "/predict_batch", "/feedback"]  # a line each in the request log
 SETTINGS = config.get_settings()
 MAX_ROWS = SETTINGS.serving.max_rows
 MAX_BODY_BYTES = MAX_ROWS * 1024 + 65536  # a record is ~400 bytes of JSON
 PredictRequest, PredictBatchRequest = request_models(MAX_ROWS)
+FeedbackRequest = feedback_model(MAX_ROWS)
 
 
 class ServingError(MlopsNbError):
@@ -144,43 +158,84 @@ class FlightDelay:
         out = config.serving_dir(SETTINGS, in_bento=pinned_path().exists())
         self.recorder = (Recorder(out, SETTINGS.serving.profile_window_minutes, shadow)
                          if SETTINGS.serving.profile_requests else None)
+        self.out = out
+        self._feedback_lock = threading.Lock()  # one append at a time to this worker's file
         self.share = SETTINGS.serving.canary_share if self.mode == "canary" else 0.0
 
     @bentoml.on_startup
     def _start(self) -> None:
         if self.recorder is not None:
             self.recorder.start()
+            REQUEST_LOG.recorder = self.recorder
         gc.collect()
         gc.freeze()  # the loaded model and libraries leave the collector's sight: no long pauses under load
 
     @bentoml.on_shutdown
     def _stop(self) -> None:
         if self.recorder is not None:
+            REQUEST_LOG.recorder = None
             self.recorder.close()
 
-    def answer(self, frame: pd.DataFrame, key: Optional[str], records: Optional[list] = None) -> Prediction:
+    def answer(self, frame: pd.DataFrame, key: Optional[str], records: Optional[list] = None,
+               started: Optional[float] = None) -> Prediction:
         request_id = os.urandom(8).hex()
         arm = arm_for(key or request_id, self.share) if self.share else "champion"
         model = self.challenger if arm == "challenger" else self.champion
         p = model.predict(frame)
         if self.recorder is not None:
-            self.recorder.record(request_id, model.version, arm, frame if records is None else records, p)
+            latency_ms = None if started is None else (time.perf_counter() - started) * 1000.0
+            self.recorder.record(request_id, model.version, arm, frame if records is None else records, p,
+                                 key, latency_ms)
         return Prediction(request_id=request_id, model_version=model.version, arm=arm, p_late=p.tolist(),
                           late=(p >= model.threshold).tolist())
 
     @bentoml.api(route="/predict")
     async def predict(self, request: PredictRequest, /) -> Prediction:
         """P(late) for one or more flight records."""
+        started = time.perf_counter()
         records = [f.__dict__ for f in request.flights]
-        return self.answer(pd.DataFrame.from_records(records, columns=list(RECORD)), request.key, records)
+        return self.answer(pd.DataFrame.from_records(records, columns=list(RECORD)), request.key, records,
+                           started)
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, request: PredictBatchRequest, /) -> Prediction:
         """P(late) for many flights sent as columns (faster to parse than records)."""
+        started = time.perf_counter()
         columns = request.columns
         n = columns.n_rows()
         frame = pd.DataFrame({name: values if values is not None else [None] * n for name, values in columns})
-        return self.answer(frame, request.key)
+        return self.answer(frame, request.key, started=started)
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, request: FeedbackRequest, /) -> FeedbackAnswer:
+        """Observed outcomes of earlier predictions, each named by its request_id or its key: on disk
+        (fsync) before the answer. Duplicates and unknown ids are kept (the monitor sorts them out)."""
+        at = time.time()
+        try:
+            await anyio.to_thread.run_sync(self.write_feedback, request.outcomes, at)
+        except OSError as e:
+            return JSONResponse({"error": f"the outcomes were not recorded: writing the feedback log failed "
+                                          f"({e.strerror or e}); none of the {len(request.outcomes)} outcome(s) was "
+                                          "kept: send them again later"}, status_code=503)
+        return FeedbackAnswer(accepted=len(request.outcomes), received_at=logs.now_iso(at))
+
+    def write_feedback(self, outcomes: list, at: float) -> None:
+        """Append ``outcomes`` to this worker's feedback file of the day, durably (fsync); all or none:
+        a failed write is cut off again, so that no partial line is left to spoil the next one."""
+        stamp = logs.now_iso(at)
+        lines = [logs.feedback_line(o.request_id, o.key, o.late, o.arr_delay, stamp, "http") for o in outcomes]
+        path = logs.day_path(self.out, logs.FEEDBACK, at, str(os.getpid()))
+        with self._feedback_lock:
+            size = path.stat().st_size if path.is_file() else 0
+            try:
+                logs.append(path, lines, durable=True)
+            except OSError:
+                try:
+                    if path.is_file():
+                        os.truncate(path, size)
+                except OSError:
+                    pass
+                raise
 
     @bentoml.api(route="/model")
     async def model(self) -> ModelInfo:
@@ -189,4 +244,11 @@ class FlightDelay:
                          challenger=self.challenger.describe() if self.challenger else {})
 
 
+class _Sink:
+    recorder = None  # the running service's recorder, set at start-up
+
+
+REQUEST_LOG = _Sink()
+# the request log outermost, so that it sees the size limit's refusals too
+FlightDelay.add_asgi_middleware(RequestLog, routes=LOGGED_ROUTES, sink=REQUEST_LOG)
 FlightDelay.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

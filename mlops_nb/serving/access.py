@@ -1,0 +1,65 @@
+"""An ASGI middleware writing the request log: a line a request to the API's routes, answered or refused.
+
+It is the outermost of the service's own middlewares, so it sees what nothing else of ours does: bodies
+refused by the size limit (413), requests BentoML refuses before the handler (400), errors (5xx). It
+measures from the request's arrival (its headers read) to the last byte of the answer handed to the
+server, takes the status from the answer's start and the request id from the answer's first bytes
+(``{"request_id":"<16 hex>"`` opens every prediction: no parsing), and hands a tuple to the recorder's
+queue. It never blocks, and nothing of its own can fail a request.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+ANSWER_PREFIX = b'{"request_id":"'
+ID_LENGTH = 16
+
+
+class RequestLog:
+    """``sink``: anything with ``.recorder`` (None, or an object with ``.request(at, request_id, route,
+    status, latency_ms)``), read at each request: the service sets it once its recorder has started."""
+
+    def __init__(self, app, routes, sink):
+        self.app = app
+        self.routes = frozenset(routes)
+        self.sink = sink
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") not in self.routes or self.sink.recorder is None:
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        state = {"status": None, "request_id": None, "ended": None}
+
+        async def logged_send(message):
+            kind = message["type"]
+            if kind == "http.response.start":
+                state["status"] = message["status"]
+            elif kind == "http.response.body":
+                body = message.get("body", b"")
+                if state["request_id"] is None and state["status"] == 200 and body.startswith(ANSWER_PREFIX):
+                    rid = body[len(ANSWER_PREFIX):len(ANSWER_PREFIX) + ID_LENGTH]
+                    state["request_id"] = rid.decode("ascii", "replace")
+                await send(message)
+                if not message.get("more_body", False):
+                    state["ended"] = time.perf_counter()
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        except asyncio.CancelledError:  # BentoML's timeout cancels the request, then answers 504
+            if state["status"] is None:
+                state["status"] = 504
+            raise
+        except BaseException:  # Starlette answers 500 for what escapes
+            if state["status"] is None:
+                state["status"] = 500
+            raise
+        finally:
+            try:
+                ended = state["ended"] or time.perf_counter()
+                self.sink.recorder.request(time.time(), state["request_id"], scope["path"],
+                                           state["status"] or 500, (ended - started) * 1000.0)
+            except Exception:  # the log must never fail a request
+                pass
