@@ -179,3 +179,60 @@ def merge(a, b):
     if b is None:
         return a
     return a.merge(b)
+
+
+QUANTILE_GRID = 1000  # a number column's summary: its quantiles at 1/1000, 2/1000, ..., 1
+
+
+def summaries(source, grid: int = QUANTILE_GRID) -> dict[str, dict]:
+    """Plain per-column summaries of a profile (a view, its serialized bytes, or a file ``write`` made),
+    what drift needs from a sketch when the rows are gone (``monitoring.drift.compare_summaries``).
+
+    Each column: ``kind`` ('number', 'category', 'other' for objects whylogs keeps no distribution of, or
+    'empty' when every value is missing), ``dtype`` (whylogs' type of its values: 'fractional',
+    'integral', 'boolean', 'string', 'object' or 'mixed'), ``n`` (rows), ``missing`` (null or NaN),
+    ``basis`` 'sketch'; numbers: ``quantiles``, the KLL sketch's generalized inverse CDF (smallest q with
+    F(q) >= p) at p = i/grid, i = 1..grid; categories: ``items``, the frequent-items sketch's estimated
+    count of each value it is sure is frequent (no false positives; as text, as whylogs keys them: exact
+    while a column has fewer distinct values than the sketch holds, about 750), and ``other``, the
+    non-missing values it did not keep (0 in that exact case)."""
+    from whylogs.core import DatasetProfileView
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = DatasetProfileView.deserialize(bytes(source))
+    elif hasattr(source, "get_columns"):
+        view = source
+    else:
+        view = read(Path(source))
+    return {name: _summary(column, grid) for name, column in view.get_columns().items()}
+
+
+def _summary(column, grid: int) -> dict:
+    metrics = set(column.get_metric_names())
+    counts = column.get_metric("counts") if "counts" in metrics else None
+    n = int(counts.n.value) if counts is not None else 0
+    missing = int(counts.null.value) if counts is not None else 0
+    types = column.get_metric("types").to_summary_dict() if "types" in metrics else {}
+    present = [t for t in ("fractional", "integral", "boolean", "string", "object") if types.get(t, 0) > 0]
+    out = {"kind": "empty", "dtype": present[0] if len(present) == 1 else ("mixed" if present else "empty"),
+           "n": n, "missing": missing, "basis": "sketch"}
+    values = n - missing
+    if values <= 0 or not present:
+        return out
+    if set(present) <= {"fractional", "integral"} and "distribution" in metrics:
+        kll = column.get_metric("distribution").kll.value
+        if not kll.is_empty():  # get_quantiles on an empty sketch crashes the process
+            out["kind"] = "number"
+            out["quantiles"] = [float(q) for q in kll.get_quantiles([i / grid for i in range(1, grid + 1)], True)]
+        return out
+    if "frequent_items" in metrics and {"boolean", "string"} & set(present):
+        import whylogs_sketching as ds
+
+        sketch = column.get_metric("frequent_items").frequent_strings.value
+        items = {} if sketch.is_empty() else {
+            str(value): int(estimate) for value, estimate, *_ in
+            sketch.get_frequent_items(ds.frequent_items_error_type.NO_FALSE_POSITIVES)}
+        out.update(kind="category", items=items, other=max(values - sum(items.values()), 0))
+        return out
+    out["kind"] = "other"
+    return out
