@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast check-nbdev lab lock bench bench-serving serve clean
+.PHONY: help install browser run test test-fast check-nbdev lab lock bench bench-serving serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,10 +24,16 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## create .venv with the locked versions (only when the lock changed)
 
+browser: ## Debian's chromium for the monitoring report's test (installed only when /usr/bin/chromium is missing)
+	@test -x /usr/bin/chromium || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@/usr/bin/chromium --version
+
 run: install ## set up, then run the reference pipeline on the bundled flight data
 	$(BIN)/mlops-nb run
 
-test: install check-nbdev ## set up, then run every test (nbdev notebooks, sync check, pytest)
+test: install browser check-nbdev ## set up, then run every test (nbdev notebooks, sync check, pytest)
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: install ## pytest without the slow end-to-end builds
