@@ -13,6 +13,7 @@ from .gc import cmd_gc
 from .lab import cmd_lab
 from .models import cmd_models
 from .monitor import cmd_monitor
+from .retrain import cmd_retrain
 from .run import cmd_run, cmd_runs
 from .serve import cmd_build, cmd_serve
 from .settings import cmd_settings
@@ -123,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--method", default="auto", choices=["auto", "ks", "chi2", "js", "hellinger", "psi"])
     drift.add_argument("--json", action="store_true", help="print one JSON array, an object a chunk and column")
 
+    retrain = sub.add_parser("retrain", help="train on the freshest labelled months; a model that passes the "
+                                             "gate becomes the challenger",
+                             description="Move the split to the newest labelled months of the monitoring store "
+                                         "([retrain] train_span, valid_span, test_span), run the pipeline, gate the "
+                                         "new model against the champion on the newest months, and make it the "
+                                         "challenger when it passes.")
+    retrain.add_argument("--alert", metavar="ID", help="the alert this retrain answers (acknowledged after it)")
+    retrain.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
     lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1, task notebooks (.py) opening as notebooks")
@@ -143,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
                     "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc,
-                    "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift, "alerts": cmd_alerts}
+                    "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift, "alerts": cmd_alerts,
+                    "retrain": cmd_retrain}
         if args.command in ("runs", "models", "serve", "build", "gc"):
             _recover_first()
         return commands[args.command](args)

@@ -109,11 +109,13 @@ def cmd_runs(args) -> int:
     if not rows:
         print("No runs recorded yet: `mlops-nb run` records one.")
         return 0
-    print(f"{'run':<25} {'started (UTC)':<19} {'status':<10} {'ran':>3} {'commit':<8} {'snapshot':<12} roc_auc")
+    print(f"{'run':<25} {'started (UTC)':<19} {'status':<10} {'ran':>3} {'commit':<8} {'snapshot':<12} "
+          f"{'roc_auc':<7} trigger")
     for r in rows:
         ran = sum(t["status"] == "ran" for t in r["tasks"])
         commit = (r["git_commit"] or "-")[:7] + ("*" if r["git_dirty"] else "")
         auc = (r["metrics"] or {}).get("roc_auc")
         print(f"{r['run_id']:<25} {r['started_at'][:19]:<19} {r['status']:<10} {ran:>3} {commit:<8} "
-              f"{(r['snapshot_id'] or '-')[:12]:<12} {'' if auc is None else f'{auc:.4f}'}")
+              f"{(r['snapshot_id'] or '-')[:12]:<12} {'' if auc is None else f'{auc:.4f}':<7} "
+              f"{r.get('trigger') or '-'}".rstrip())
     return 0

@@ -99,6 +99,7 @@ ALTER TABLE alias_audit ADD COLUMN IF NOT EXISTS action VARCHAR;
 ALTER TABLE alias_audit ADD COLUMN IF NOT EXISTS run_id VARCHAR;
 ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS collected_at TIMESTAMP;     -- its tables dropped by gc
 ALTER TABLE feature_sets ADD COLUMN IF NOT EXISTS collected_at TIMESTAMP;  -- (the row, its lineage, stays)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger VARCHAR;  -- NULL: `mlops-nb run`; 'retrain: ...'
 """
 # What a run may add (and a rollback removes): rows of these tables, keyed by the first column.
 ADDITIVE = {"snapshots": "snapshot_id", "feature_sets": "feature_set_id"}

@@ -7,13 +7,16 @@ writes them to its report, the registry and the run record.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from ..lib.record import RECORD
+from ..errors import DataError
+from ..lib.record import LABEL, RECORD
 
 # Real-looking flights that every model must score: ordinary ones, a night flight over midnight, one with
 # nothing known of its plane or weather, and one from a carrier and to an airport it has never seen.
@@ -88,6 +91,147 @@ def reference_profiles(train: pd.DataFrame, test: pd.DataFrame, predictions, fol
     profiles.write(profiles.profile(train[list(RECORD)]), folder / "train_features.bin")
     profiles.write(profiles.profile(test[list(RECORD)].assign(p_late=predictions)), folder / "test_predictions.bin")
     return folder
+
+
+# The raw reference rows and the calibration map stored with a version (in its reference/ folder, beside the
+# profiles): what the monitor compares served inputs and predictions with, and how it estimates the metrics
+# before labels arrive. Lineage, not part of the version: the version is the model file's sha256.
+TRAIN_SAMPLE_FILE = "train_sample.parquet"
+TEST_PREDICTIONS_FILE = "test_predictions.parquet"
+CALIBRATION_FILE = "calibration.json"
+TRAIN_SAMPLE_ROWS = 50_000
+ESTIMATOR = "CBPE"
+
+
+def reference_rows(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame, test_predictions,
+                   valid_predictions, threshold: float, seed: int, folder) -> dict:
+    """Write the raw reference of a version into ``folder``: ``train_sample.parquet`` (at most
+    TRAIN_SAMPLE_ROWS training rows, the model's input columns, a sample seeded with the model's ``seed``),
+    ``test_predictions.parquet`` (month, late, p_late of every test row, in the rows' order) and
+    ``calibration.json`` (an isotonic map fitted on the validation rows' predictions and labels, and its
+    check on the test rows: the CBPE estimates of ROC AUC and accuracy against the realized ones).
+    Returns the calibration."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    test_predictions = _probabilities(test_predictions, "test_predictions")
+    valid_predictions = _probabilities(valid_predictions, "valid_predictions")
+    for name, rows, p in (("test", test, test_predictions), ("valid", valid, valid_predictions)):
+        if len(rows) != len(p):
+            raise DataError(f"reference_rows needs one prediction a {name} row; got {len(p)} predictions for "
+                            f"{len(rows)} rows.")
+    sample = train[list(RECORD)].sample(n=min(len(train), TRAIN_SAMPLE_ROWS), random_state=seed)
+    sample.sort_index().reset_index(drop=True).to_parquet(folder / TRAIN_SAMPLE_FILE, index=False)
+    y_test = test[LABEL].astype(int).to_numpy()
+    pd.DataFrame({"month": test["month"].to_numpy(), LABEL: y_test, "p_late": test_predictions}).to_parquet(
+        folder / TEST_PREDICTIONS_FILE, index=False)
+
+    y_valid = valid[LABEL].astype(int).to_numpy()
+    calibration = fit_calibration(y_valid, valid_predictions)
+    calibration["fitted_on"] = {"split": "valid", "months": sorted(int(m) for m in valid["month"].unique()),
+                                "rows": int(len(valid)), "positive_rate": float(y_valid.mean()),
+                                "mean_prediction": float(valid_predictions.mean())}
+    calibration["check"] = calibration_check(calibration, test["month"].to_numpy(), y_test, test_predictions,
+                                             threshold)
+    (folder / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2, sort_keys=True) + "\n")
+    return calibration
+
+
+def fit_calibration(y, p) -> dict:
+    """An isotonic calibration map of probabilities ``p`` for labels ``y`` (scikit-learn's
+    IsotonicRegression, clipped to [0, 1] and at the ends), as plain JSON: its thresholds ``x`` -> ``y``,
+    applied by linear interpolation (``calibrate``)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    p, y = _probabilities(p, "p"), np.asarray(y, dtype=np.float64)
+    if len(y) != len(p) or len(p) == 0:
+        raise DataError(f"fit_calibration needs as many probabilities as labels, and some; got {len(p)} and "
+                        f"{len(y)}.")
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(p, y)
+    return {"method": "isotonic", "x": iso.X_thresholds_.astype(np.float64).tolist(),
+            "y": iso.y_thresholds_.astype(np.float64).tolist()}
+
+
+def calibrate(calibration: dict | None, p) -> np.ndarray:
+    """Calibrated probabilities: the stored map applied to ``p`` (``p`` itself when ``calibration`` is None)."""
+    p = _probabilities(p, "p")
+    if calibration is None:
+        return p
+    method = calibration.get("method") if isinstance(calibration, dict) else None
+    if method != "isotonic":
+        raise DataError(f"The 'method' of a calibration map must be 'isotonic'; got {method!r} instead.")
+    x, y = (np.asarray(calibration.get(k, []), dtype=np.float64) for k in ("x", "y"))
+    if x.ndim != 1 or len(x) == 0 or x.shape != y.shape or np.any(np.diff(x) < 0):
+        raise DataError("An isotonic calibration map needs 'x' and 'y' of the same length, at least one point, "
+                        f"'x' increasing; got {len(x)} and {len(y)} points.")
+    return np.clip(np.interp(p, x, y), 0.0, 1.0)
+
+
+def expected_metrics(p, threshold: float, calibration: dict | None = None) -> dict:
+    """Confidence-based performance estimation (CBPE, as NannyML's): the metrics expected of predictions
+    ``p`` if the calibrated probabilities ``q`` are right, without labels. Expected accuracy is the mean of
+    ``q`` where ``p >= threshold`` and of ``1 - q`` elsewhere; the expected ROC AUC is the area under the
+    expected ROC curve, whose point at each distinct score t is (FP(t) / N, TP(t) / P) with
+    TP(t) = sum of q over p >= t, FP(t) = sum of 1 - q over p >= t, P = sum q, N = sum (1 - q) (ties in
+    ``p`` move together, as in roc_auc_score). ROC AUC is None for fewer than 2 rows or when P or N is 0;
+    accuracy is None for no rows. O(n log n): one sort."""
+    p = _probabilities(p, "p")
+    q = calibrate(calibration, p)
+    accuracy = float(np.mean(np.where(p >= threshold, q, 1.0 - q))) if len(p) else None
+    return {"roc_auc": _expected_roc_auc(p, q), "accuracy": accuracy, "method": ESTIMATOR}
+
+
+def _expected_roc_auc(p: np.ndarray, q: np.ndarray) -> float | None:
+    if len(p) < 2:
+        return None
+    order = np.argsort(-p, kind="stable")
+    ps, qs = p[order], q[order]
+    tp, fp = np.cumsum(qs), np.cumsum(1.0 - qs)
+    positives, negatives = float(tp[-1]), float(fp[-1])
+    if positives <= 0 or negatives <= 0:
+        return None
+    last = np.append(ps[1:] != ps[:-1], True)  # the last row of each distinct score: one ROC point each
+    tpr = np.concatenate(([0.0], tp[last] / positives))
+    fpr = np.concatenate(([0.0], fp[last] / negatives))
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
+
+
+def calibration_check(calibration: dict | None, months, y, p, threshold: float) -> dict:
+    """How far the CBPE estimates (with ``calibration``, and without it) are from the realized ROC AUC and
+    accuracy of labels ``y``: overall and a month at a time."""
+    months, y, p = np.asarray(months), np.asarray(y, dtype=int), _probabilities(p, "p")
+
+    def one(mask) -> dict:
+        yy, pp = y[mask], p[mask]
+        est = expected_metrics(pp, threshold, calibration)
+        raw = expected_metrics(pp, threshold, None)
+        realized = {"roc_auc": _roc_auc(yy, pp), "accuracy": float(np.mean((pp >= threshold) == yy))}
+        out = {"rows": int(mask.sum()), "estimated": {k: est[k] for k in ("roc_auc", "accuracy")},
+               "realized": realized, "uncalibrated_estimated": {k: raw[k] for k in ("roc_auc", "accuracy")}}
+        out["abs_error"] = {k: (None if est[k] is None or realized[k] is None else abs(est[k] - realized[k]))
+                            for k in ("roc_auc", "accuracy")}
+        return out
+
+    return {"split": "test", "method": ESTIMATOR, "threshold": float(threshold),
+            "months": sorted(int(m) for m in np.unique(months)), **one(np.ones(len(p), dtype=bool)),
+            "per_month": [{"month": int(m), **one(months == m)} for m in np.unique(months)]}
+
+
+def _roc_auc(y, p) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+
+
+def _probabilities(p, name: str) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 1:
+        raise DataError(f"The '{name}' must be a 1-d array of probabilities; got an array of shape {p.shape} "
+                        "instead.")
+    bad = ~(np.isfinite(p) & (p >= 0) & (p <= 1))
+    if bad.any():
+        raise DataError(f"The '{name}' must be probabilities in [0, 1]; got {int(bad.sum())} value(s) outside "
+                        f"it or not finite (the first: {p[bad][0]!r}).")
+    return p
 
 
 def _number(v):

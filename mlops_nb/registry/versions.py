@@ -22,8 +22,8 @@ from ..errors import MlopsNbError, NotFoundError, did_you_mean
 
 __all__ = ["ACTIONS", "ALIASES", "INFO_FILE", "MODEL_FILE", "PROFILES_DIR", "RegistryError", "Version", "aliases",
            "audit", "champion", "diff", "expected_sha256", "load", "load_file", "load_version", "model_dir", "promote",
-           "record_gate", "register", "registrations", "remove_unregistered", "resolve", "rollback", "save",
-           "served", "set_alias", "show", "store_dirs", "versions"]
+           "record_gate", "reference_dir", "register", "registrations", "remove_unregistered", "resolve", "rollback",
+           "save", "served", "set_alias", "show", "store_dirs", "versions"]
 
 ALIASES = ("champion", "challenger")
 MODEL_FILE = "model.joblib"
@@ -93,6 +93,23 @@ def store_dirs(settings: config.Settings) -> dict[str, Path]:
     if not root.is_dir():
         return {}
     return {d.name: d for d in root.iterdir() if d.is_dir()}
+
+
+def reference_dir(version: str, settings: config.Settings | None = None) -> Path:
+    """The ``reference/`` folder of a version in the model store (``version``: the version, or its tag
+    ``name:version``), read without BentoML; it holds the whylogs profiles, and for versions saved since
+    they were added, the raw reference (``gate.TRAIN_SAMPLE_FILE``, ...). Read it, never write: a version is
+    written once."""
+    settings = settings if settings is not None else config.get_settings()
+    name, _, version = version.rpartition(":")
+    name = name or settings.registry.model_name
+    folder = config.bentoml_home(settings) / "models" / name / version
+    if not version or not (folder / INFO_FILE).is_file():
+        known = sorted(store_dirs(settings)) if name == settings.registry.model_name else []
+        raise NotFoundError(f"Model version {name}:{version} is not in the model store "
+                            f"{config.bentoml_home(settings)}; known versions of {name}: {known or 'none'}."
+                            f"{did_you_mean(version, known)}")
+    return folder / PROFILES_DIR
 
 
 def remove_unregistered(con, settings: config.Settings) -> list[str]:
@@ -310,12 +327,25 @@ def _promote(con, version, alias, reason, actor, action, run_id):
     return previous
 
 
-def record_gate(con, tag: str, info: dict, decision: dict, run_id: str | None) -> str:
-    """A run's gate outcome, inside the caller's transaction: the registration, and the champion when the
-    model passed. Returns the version."""
+def record_gate(con, tag: str, info: dict, decision: dict, run_id: str | None, alias: str = "champion",
+                action: str = "gate", actor: str = "gate", trigger: str | None = None) -> str:
+    """A run's gate outcome, inside the caller's transaction: the registration, and ``alias`` (the champion;
+    a retrain's: the challenger) when the model passed. Returns the version.
+
+    A retrain's model that passed becomes the challenger, unless it is the champion already (nothing moves)
+    or there is no champion (then it becomes the champion: a service needs one). The audit row's reason
+    starts with ``trigger`` when given."""
     version = register(con, tag, info, decision, run_id=run_id)
     if decision.get("promote"):
-        _promote(con, version, "champion", "; ".join(decision.get("reasons") or []), "gate", "gate", run_id)
+        reason = "; ".join(decision.get("reasons") or [])
+        reason = f"{trigger}: {reason}" if trigger else reason
+        if alias == "challenger":
+            current = aliases(con).get("champion")
+            if current == version:
+                return version
+            if current is None:
+                alias = "champion"
+        _promote(con, version, alias, reason, actor, action, run_id)
     return version
 
 

@@ -93,10 +93,20 @@ def run_lock(settings: config.Settings) -> Iterator[None]:
         os.close(fd)
 
 
+GATE_ALIASES = ("champion", "challenger")
+
+
 def run(settings: config.Settings, force: bool = False, target: str | None = None,
-        progress=None, announce=None) -> Outcome:
-    """``announce(line)`` is told at once when a killed run had to be finished or undone first."""
-    record = records.RunRecord(records.new_run_id(), records.now(), params=settings.as_dict())
+        progress=None, announce=None, trigger: str | None = None, gate_alias: str = "champion") -> Outcome:
+    """``announce(line)`` is told at once when a killed run had to be finished or undone first.
+
+    ``trigger`` names what started the run in its record (None: `mlops-nb run`; a retrain says
+    'retrain: ...'). ``gate_alias`` is the alias a model that passes the gate gets when the run commits:
+    'champion' (a plain run), or 'challenger' (a retrain: the audit row's action and actor are 'retrain',
+    its reason names the trigger)."""
+    if gate_alias not in GATE_ALIASES:
+        raise MlopsNbError(f"The 'gate_alias' of a run must be one of {GATE_ALIASES}; got {gate_alias!r} instead.")
+    record = records.RunRecord(records.new_run_id(), records.now(), params=settings.as_dict(), trigger=trigger)
     _RECEIVED.clear()
     with run_lock(settings), _signals(_interrupt):
         recovered = recover(settings)
@@ -122,7 +132,7 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
             record.ended_at = records.now()
             _save(settings, record)
             return Outcome(record, {}, [], recovered=recovered)
-        outcome = _build(settings, plan, state, record, stale, target, scope, progress)
+        outcome = _build(settings, plan, state, record, stale, target, scope, progress, gate_alias)
         outcome.recovered = recovered
         return outcome
 
@@ -207,7 +217,7 @@ def _signals(handler):
             signal.signal(s, old)
 
 
-def _build(settings, plan, state, record, stale, target, scope, progress) -> Outcome:
+def _build(settings, plan, state, record, stale, target, scope, progress, gate_alias="champion") -> Outcome:
     from ..data import warehouse
     from . import notebooks
 
@@ -262,7 +272,7 @@ def _build(settings, plan, state, record, stale, target, scope, progress) -> Out
             record.status = "succeeded"
             _lineage(plan, record)
             record.ended_at = records.now()
-            _commit(settings, plan, record)
+            _commit(settings, plan, record, gate_alias)
             crash_point("after-commit")
             moved = _finish(settings, j)
         names = {p.name for p in reports}
@@ -320,8 +330,9 @@ def _tasks_so_far(scope: list[str], seen: dict) -> list:
             for n in scope]
 
 
-def _commit(settings, plan, record) -> None:
-    """The commit point: the gate's registration and alias changes, and the run record, in one transaction."""
+def _commit(settings, plan, record, gate_alias: str = "champion") -> None:
+    """The commit point: the gate's registration and alias changes, and the run record, in one transaction.
+    A passing model becomes ``gate_alias``: the champion, or for a retrain the challenger."""
     from .. import registry
     from ..data import warehouse
 
@@ -330,7 +341,12 @@ def _commit(settings, plan, record) -> None:
         records.flush_pending(con, settings.path("data_dir"))
         if gate is not None and record.model_version is not None and _ran(record, gate[0]):
             decision = {k: v for k, v in gate[1].items() if k not in ("info", "tag", "version", products.RECEIPT_KEY)}
-            registry.record_gate(con, gate[1]["tag"], gate[1]["info"], decision, record.run_id)
+            if gate_alias == "champion":
+                registry.record_gate(con, gate[1]["tag"], gate[1]["info"], decision, record.run_id)
+            else:
+                registry.record_gate(con, gate[1]["tag"], gate[1]["info"], decision, record.run_id,
+                                     alias=gate_alias, action="retrain", actor="retrain", trigger=record.trigger)
+                record.gate["alias"] = gate_alias
             record.gate["aliases"] = registry.aliases(con)
         records.insert(con, record)
 

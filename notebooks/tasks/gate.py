@@ -29,9 +29,9 @@ metrics = products.read_json(upstream["evaluate"]["metrics"])
 feature_receipt = products.read_json(upstream["features"]["features"])
 estimator = products.load_model(upstream["train"]["model"], train_info["model_sha256"])
 with warehouse.connect(path=warehouse_file) as con:
-    rows = features.load(con, feature_receipt["table_name"], ["train", "test"])
+    rows = features.load(con, feature_receipt["table_name"], ["train", "valid", "test"])
     champion_entry = registry.champion(con)
-train, test = rows[rows.split == "train"], rows[rows.split == "test"]
+train, valid, test = (rows[rows.split == s] for s in ("train", "valid", "test"))
 
 # %% [markdown]
 # ## Model tests
@@ -53,19 +53,28 @@ decision = gate.decide(metrics["test"], champion, tests, thresholds)
 pd.DataFrame({"candidate": metrics["test"], "champion": champion or {}})
 
 # %%
-print(("PASSED: becomes the champion when the run commits" if decision["promote"] else "NOT PROMOTED") +
+print(("PASSED: registered when the run commits (the champion, or the challenger for a retrain)" if decision["promote"] else "NOT PROMOTED") +
       ":\n- " + "\n- ".join(decision["reasons"]))
 
 # %% [markdown]
 # ## The candidate in the model store
-# Saved with its reference profiles (training features; test predictions) for drift monitoring. The run
-# registers it, and moves the champion if it passed, in the same transaction as its run record.
+# Saved with its reference for drift monitoring and estimated performance: whylogs profiles (training
+# features; test predictions), a seeded sample of the training rows, every test row's prediction and label,
+# and a calibration map fitted on the validation months, checked on the test months (CBPE: the metrics
+# expected from the calibrated probabilities, against the realized ones). The run registers it, and moves
+# the champion if it passed, in the same transaction as its run record.
 
 # %%
 predictions = pd.read_parquet(upstream["evaluate"]["predictions"]).p_late.to_numpy()
+reference = gate.reference_profiles(train, test, predictions, products.scratch_dir(product["decision"]))
+calibration = gate.reference_rows(train, valid, test, predictions, model.predict_proba(estimator, valid),
+                                  threshold, train_info["seed"], reference)
+check = calibration["check"]
+pd.DataFrame({k: check[k] for k in ("estimated", "realized", "abs_error", "uncalibrated_estimated")})
+
+# %%
 info = gate.model_info(train_info, metrics, threshold, run_id=config.run_id())
-tag = registry.save(upstream["train"]["model"], info, gate.reference_profiles(train, test, predictions,
-                    products.scratch_dir(product["decision"])), model_name=model_name, store=model_store)
+tag = registry.save(upstream["train"]["model"], info, reference, model_name=model_name, store=model_store)
 print(f"saved {tag}")
 
 # %%
