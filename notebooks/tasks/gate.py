@@ -53,8 +53,8 @@ decision = gate.decide(metrics["test"], champion, tests, thresholds)
 pd.DataFrame({"candidate": metrics["test"], "champion": champion or {}})
 
 # %%
-print(("PASSED: registered when the run commits (the champion, or the challenger for a retrain)" if decision["promote"] else "NOT PROMOTED") +
-      ":\n- " + "\n- ".join(decision["reasons"]))
+verdict = "PASSED: the champion (a retrain's: the challenger) when the run commits" if decision["promote"] else "NOT PROMOTED"
+print(verdict + ":\n- " + "\n- ".join(decision["reasons"]))
 
 # %% [markdown]
 # ## The candidate in the model store
