@@ -2,6 +2,7 @@
 
 Modules:
 
+- `mlops_nb.cli.monitor`: `mlops-nb monitor [--window 1h|1d] [--json] [--check]`: read what is new in the service's logs and the feedback into the monitoring store, recompute the windows it touched, say what was read and what each window shows, and write reports/monitoring.html.
 - `mlops_nb.config`: The one Settings object: loaded once from settings.ini, MLOPS_NB_* overrides, validated on load.
 - `mlops_nb.data.contracts`: Data contracts: what each raw table must look like before anything is trained on it.
 - `mlops_nb.data.features`: Feature sets: ``sql/features.sql`` run over a snapshot, stored content-addressed in the warehouse.
@@ -9,6 +10,14 @@ Modules:
 - `mlops_nb.data.logs`: The service's logs: what the service writes and the monitor reads, the one contract between them.
 - `mlops_nb.data.warehouse`: DuckDB warehouse: short-lived connections, the bookkeeping tables, and nothing else.
 - `mlops_nb.errors`: Our exception tree.
+- `mlops_nb.monitoring.alerts`: Alerts: the rules of ``[monitor]`` over the monitor's windows, stored once, delivered to their sinks.
+- `mlops_nb.monitoring.drift`: Drift of one table against another, column by column: any CSV or Parquet files, or a model version's training reference, so drift is usable on data the pipeline never saw.
+- `mlops_nb.monitoring.estimate`: Estimated performance before the labels arrive, and a version's reference data.
+- `mlops_nb.monitoring.feedback`: Observed outcomes (labels) from a file: `mlops-nb feedback FILE`, the file-borne twin of POST /feedback.
+- `mlops_nb.monitoring.monitor`: `monitor(settings, window)`: the service's logs and the feedback, read incrementally into the monitoring store (``monitoring.store``), and the windows they touched recomputed.
+- `mlops_nb.monitoring.report`: The monitoring report: ``<paths.reports_dir>/monitoring.html``, one page readable offline.
+- `mlops_nb.monitoring.retrain`: Retraining: the training window moved to the freshest labelled data, run with the run machinery, the new model gated against the champion and made the challenger; and the rule that promotes the challenger.
+- `mlops_nb.monitoring.store`: The monitoring store: its own DuckDB file, ``<paths.monitoring_dir>/monitoring.duckdb``, never the warehouse.
 - `mlops_nb.registry.gate`: The promotion gate: model tests, and the decision whether a new model may replace the champion.
 - `mlops_nb.registry.versions`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
 - `mlops_nb.run.dag`: The only module that imports Ploomber: plain Ploomber projects (a pipeline.yaml and no settings.ini), loaded and built by Ploomber itself, reported per task like our runs.
@@ -18,6 +27,7 @@ Modules:
 - `mlops_nb.run.plan`: pipeline.yaml, rendered with the settings, and each task's fingerprint, without importing Ploomber.
 - `mlops_nb.run.reports`: Executed notebooks -> self-contained HTML without code cells, readable offline.
 - `mlops_nb.run.transaction`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does, whatever stops it: an error, Ctrl-C, SIGTERM, SIGKILL, a power loss.
+- `mlops_nb.serving.access`: An ASGI middleware writing the request log: a line a request to the API's routes, answered or refused.
 - `mlops_nb.serving.bento`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
 - `mlops_nb.serving.profiler`: The profiler process of the service: whylogs runs here, never holding the server's GIL.
 - `mlops_nb.serving.recorder`: Request profiling and the prediction log, off the hot path.

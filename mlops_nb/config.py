@@ -184,6 +184,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "access_log": Key("false", _bool, "true or false", "BentoML's access log (costs throughput)"),
         "profile_requests": Key("true", _bool, "true or false",
                                 "profile every request with whylogs and keep the prediction log"),
+        "clock": Key("wall", _choice("wall", "flight"), "one of 'wall', 'flight'",
+                     "what time the prediction log gives a request: wall, when it was answered; flight, the "
+                     "scheduled departure of its first flight (replays of past traffic: mlops-nb simulate)"),
     },
     "monitor": {
         "window": Key("1h", _choice("1h", "1d"), "one of '1h', '1d'", "the length of a monitoring window"),

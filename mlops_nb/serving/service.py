@@ -106,6 +106,18 @@ def load(entry: dict) -> Loaded:
     return Loaded(entry["tag"], entry["tag"].split(":", 1)[1], estimator, info)
 
 
+def flight_time(frame: pd.DataFrame) -> float:
+    """The scheduled departure of a request's first flight, as a POSIX time (its local time read as UTC):
+    the clock of a replay of past traffic (serving.clock = flight). Never raises for a validated record
+    (day 31 of a short month runs on into the next)."""
+    from datetime import datetime, timedelta, timezone
+
+    row = frame.iloc[0]
+    hhmm = int(row["sched_dep_time"])
+    start = datetime(int(row["year"]), int(row["month"]), 1, tzinfo=timezone.utc)
+    return (start + timedelta(days=int(row["day"]) - 1, hours=hhmm // 100, minutes=hhmm % 100)).timestamp()
+
+
 def arm_for(key: str, share: float) -> str:
     """Canary routing: a stable hash of the key, so the same key always gets the same arm."""
     bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
@@ -161,6 +173,7 @@ class FlightDelay:
         self.out = out
         self._feedback_lock = threading.Lock()  # one append at a time to this worker's file
         self.share = SETTINGS.serving.canary_share if self.mode == "canary" else 0.0
+        self.flight_clock = SETTINGS.serving.clock == "flight"
 
     @bentoml.on_startup
     def _start(self) -> None:
@@ -184,8 +197,9 @@ class FlightDelay:
         p = model.predict(frame)
         if self.recorder is not None:
             latency_ms = None if started is None else (time.perf_counter() - started) * 1000.0
+            at = flight_time(frame) if self.flight_clock else None
             self.recorder.record(request_id, model.version, arm, frame if records is None else records, p,
-                                 key, latency_ms)
+                                 key, latency_ms, at)
         return Prediction(request_id=request_id, model_version=model.version, arm=arm, p_late=p.tolist(),
                           late=(p >= model.threshold).tolist())
 
