@@ -17,6 +17,7 @@ from .retrain import cmd_retrain
 from .run import cmd_run, cmd_runs
 from .serve import cmd_build, cmd_serve
 from .settings import cmd_settings
+from .simulate import cmd_simulate
 
 
 def _parse_param(text: str) -> tuple[str, str]:
@@ -132,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
                                          "challenger when it passes.")
     retrain.add_argument("--alert", metavar="ID", help="the alert this retrain answers (acknowledged after it)")
     retrain.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    simulate = sub.add_parser("simulate", help="the monitoring loop on the bundled flights, month by month",
+                              description="In a scratch copy of the project: train a champion on the first months, "
+                                          "replay each later month through the real service over HTTP, send the "
+                                          "labels as feedback after a delay, run the monitor, and let alerts, "
+                                          "retraining and the canary act as configured. One line a window.")
+    simulate.add_argument("--sample", type=float, default=0.1, metavar="FRACTION",
+                          help="share of each month's flights replayed (default 0.1)")
+    simulate.add_argument("--out", metavar="DIR", help="the scratch project (default: a new temporary folder)")
+    simulate.add_argument("--seed", type=int, default=0, help="seed of the sample and the request keys")
+    simulate.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
