@@ -141,14 +141,15 @@ def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 # Injected into a copy of the page (the page itself has no script): after load, every image decoded or
 # not, the resources the page fetched, and the parts found, as JSON in <pre id="probe">.
 PROBE = """<script>
-window.addEventListener('load', async () => {
-  const imgs = await Promise.all([...document.images].map(async (i) => {
-    let decoded = true;
-    try { await i.decode(); } catch (e) { decoded = false; }
+window.addEventListener('load', () => {
+  // synchronous on purpose: --dump-dom does not wait for promises; at 'load' a data: image is decoded
+  // when it has a natural size
+  const imgs = [...document.images].map((i) => {
+    const decoded = i.complete && i.naturalWidth > 0;
     const box = i.getBoundingClientRect();
     return {id: i.id, cls: i.className, complete: i.complete, decoded, w: i.naturalWidth, h: i.naturalHeight,
             shownW: box.width, shownH: box.height};
-  }));
+  });
   const out = {
     imgs,
     resources: performance.getEntriesByType('resource').map((e) => e.name),

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
                     "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc,
                     "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift, "alerts": cmd_alerts,
-                    "retrain": cmd_retrain}
+                    "retrain": cmd_retrain, "simulate": cmd_simulate}
         if args.command in ("runs", "models", "serve", "build", "gc"):
             _recover_first()
         return commands[args.command](args)

