@@ -205,39 +205,6 @@ def test_feedback_is_in_the_openapi_schema(http):
     assert "outcomes" in json.dumps(spec["paths"]["/feedback"])
 
 
-@pytest.mark.parametrize("mode", ["positive", "negative"])
-def test_fuzz_feedback_never_a_server_error(champion_server, mode):
-    """Bodies generated from the published schema of /feedback, valid and not: never a 5xx."""
-    import collections
-
-    import requests
-    import schemathesis
-    from hypothesis import HealthCheck, Phase, given, settings
-    from schemathesis import GenerationMode
-    from schemathesis.checks import not_a_server_error
-
-    schema = schemathesis.openapi.from_url(f"{champion_server.url}/docs.json", timeout=30)
-    (operation,) = [r.ok() for r in schema.include(path_regex=r"^/feedback$").get_all_operations()]
-    statuses = collections.Counter()
-    session = requests.Session()
-
-    @settings(max_examples=25, deadline=30_000, database=None, derandomize=True,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-    @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
-    def fuzz(case):
-        response = case.call(base_url=champion_server.url, session=session, timeout=60)
-        statuses[response.status_code] += 1
-        case.validate_response(response, checks=[not_a_server_error])
-
-    try:
-        fuzz()
-    finally:
-        session.close()
-    assert all(code < 500 for code in statuses), statuses
-    if mode == "positive":
-        assert statuses[200] > 0, statuses
-
-
 # --------------------------------------------------------------------------------------------------
 # the prediction log and the request log
 

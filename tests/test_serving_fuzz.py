@@ -1,5 +1,5 @@
 """Property-based fuzzing of the running service from its own OpenAPI schema (GET /docs.json), with
-schemathesis: valid requests and schema-violating ones, against /predict, /predict_batch and /model of a
+schemathesis: valid requests and schema-violating ones, against /predict, /predict_batch, /feedback and /model of a
 real `mlops-nb serve`, over real HTTP. No input may make it answer 5xx, and it must still serve after."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from served_project import client
 pytest_plugins = ["served_project"]
 pytestmark = pytest.mark.slow
 
-OPERATIONS = r"^/(predict|predict_batch|model)$"
+OPERATIONS = r"^/(predict|predict_batch|feedback|model)$"
 MAX_EXAMPLES = 30
 
 
@@ -27,11 +27,11 @@ def schema(champion_server):
 
 def test_schema_lists_the_api(schema):
     labels = sorted(op.ok().label for op in schema.get_all_operations())
-    assert labels == ["POST /model", "POST /predict", "POST /predict_batch"]
+    assert labels == ["POST /feedback", "POST /model", "POST /predict", "POST /predict_batch"]
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
-@pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/model"])
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/feedback", "/model"])
 def test_fuzz_never_a_server_error(champion_server, schema, path, mode):
     import requests
     from hypothesis import HealthCheck, Phase, given, settings

@@ -15,7 +15,6 @@ by its content: importing the same bytes again adds nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from .. import config
 from ..data import logs
+from ..data.ingest import file_sha256
 from ..errors import DataError, did_you_mean
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -49,14 +49,6 @@ class Imported:
 
 def feedback_dir(settings: config.Settings) -> Path:
     return config.serving_dir(settings, in_bento=False) / logs.FEEDBACK
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _kind(path: Path) -> str:
