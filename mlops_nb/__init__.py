@@ -17,6 +17,7 @@ Modules:
 - `mlops_nb.monitoring.monitor`: `monitor(settings, window)`: the service's logs and the feedback, read incrementally into the monitoring store (``monitoring.store``), and the windows they touched recomputed.
 - `mlops_nb.monitoring.report`: The monitoring report: ``<paths.reports_dir>/monitoring.html``, one page readable offline.
 - `mlops_nb.monitoring.retrain`: Retraining: the training window moved to the freshest labelled data, run with the run machinery, the new model gated against the champion and made the challenger; and the rule that promotes the challenger.
+- `mlops_nb.monitoring.simulate`: `mlops-nb simulate`: the monitoring loop, measured, on the bundled flights, month by month.
 - `mlops_nb.monitoring.store`: The monitoring store: its own DuckDB file, ``<paths.monitoring_dir>/monitoring.duckdb``, never the warehouse.
 - `mlops_nb.registry.gate`: The promotion gate: model tests, and the decision whether a new model may replace the champion.
 - `mlops_nb.registry.versions`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
