@@ -143,3 +143,30 @@ def test_a_non_empty_out_that_is_no_simulation_is_refused(tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     few = run_cli(conftest.make_project(tmp_path / "few"), "simulate", "--out", tmp_path / "x")  # months 1-3
     assert few.returncode == 8 and "at least 4 months" in few.stderr, str(few)
+
+
+@pytest.mark.slow
+def test_a_killed_simulation_takes_its_server_with_it(tmp_path):
+    """SIGKILL of `mlops-nb simulate` while its server runs: the server (its own process group, so no
+    signal to ours reaches it) gets the parent-death signal and stops."""
+    import signal
+    import subprocess
+    import time
+
+    project = conftest.make_project(tmp_path / "project", **SMALL)
+    scratch = tmp_path / "scratch"
+    proc = subprocess.Popen([str(conftest.CLI), "simulate", "--sample", SAMPLE, "--out", str(scratch)], cwd=project,
+                            env=conftest.cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any("serve" in p for p in _processes_in(scratch)):
+            assert proc.poll() is None, "the simulation ended before its server started"
+            time.sleep(0.5)
+        assert any("serve" in p for p in _processes_in(scratch)), "no server started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _processes_in(scratch):
+        time.sleep(0.5)
+    assert _processes_in(scratch) == []

@@ -167,6 +167,15 @@ def prepare(source: config.Settings, out: Path | None, sample: float) -> tuple[P
 # the service, a subprocess
 
 
+def _stop_with_parent() -> None:
+    """In the server's process, before it execs `bentoml serve`: SIGTERM when the simulation dies, even by
+    SIGKILL (Linux's parent-death signal survives the exec; bentoml then stops its workers)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -202,7 +211,8 @@ class Server:
         env = config.child_environment({"MLOPS_NB_SERVING__MODE": mode}, python_path=package_root)
         self.proc = subprocess.Popen([sys.executable, "-m", "mlops_nb.cli", "serve", "--port", str(self.port)],
                                      cwd=self.settings.root, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_stop_with_parent)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
