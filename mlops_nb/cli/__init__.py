@@ -29,7 +29,7 @@ def _parse_param(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mlops-nb", description="Run the notebook pipeline, and inspect its runs.")
+        prog="mlops-nb", description="Run the notebook pipeline, serve its champion, and monitor and retrain it.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the pipeline headless (only what is stale)",
