@@ -93,8 +93,11 @@ class ModelInfo(BaseModel):
 
 
 class Outcome(BaseModel):
-    """The observed outcome of a predicted request, named by its request id or by its key (exactly one)."""
-    model_config = ConfigDict(extra="forbid")
+    """The observed outcome of a predicted request, named by its request id or by its key (exactly one: the
+    published schema says so too, so that clients and fuzzers generate valid bodies)."""
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["request_id"], "properties": {"request_id": {"type": "string"}}},
+        {"required": ["key"], "properties": {"key": {"type": "string"}}}]})
     request_id: Optional[str] = Field(None, pattern=REQUEST_ID_PATTERN,
                                       description="the request_id of the prediction's answer (16 hex digits)")
     key: Optional[str] = Field(None, min_length=1, max_length=KEY_MAX_CHARS,
