@@ -297,3 +297,35 @@ def test_drift_errors_are_clear(project, files, case):
     assert "Traceback" not in result.stderr and result.stderr.startswith("error: "), str(result)
     for word in words:
         assert word in result.stderr, (word, str(result))
+
+
+def test_a_registered_versions_reference(built, tmp_path):
+    """model:VERSION (or an alias) as REFERENCE, in a built project: its stored training sample (exact), or,
+    when the sample is absent, its whylogs profile (sketch); the same rows show no drift, and shifted
+    ones do."""
+    import shutil
+
+    from conftest import last_run, run_ok, store_dir
+
+    project = built.fresh()
+    version = last_run(project)["model_version"]
+    sample = store_dir(project, version) / "reference" / "train_sample.parquet"
+    rows = pd.read_parquet(sample)
+    rows.to_parquet(tmp_path / "same.parquet")
+    rows.assign(distance=rows["distance"] * 3).to_parquet(tmp_path / "shifted.parquet")
+
+    same = run_ok(project, "drift", "model:champion", tmp_path / "same.parquet", "--json").json()
+    assert same and {r["column"] for r in same} == set(rows.columns)
+    assert not any(r["drifted"] for r in same), [r for r in same if r["drifted"]]
+    shifted = {r["column"]: r for r in run_ok(project, "drift", f"model:{version}", tmp_path / "shifted.parquet",
+                                               "--json").json()}
+    assert shifted["distance"]["drifted"] and shifted["distance"]["method"] == "ks"
+    assert "exact" in run_ok(project, "drift", "model:champion", tmp_path / "shifted.parquet").stdout
+
+    shutil.move(sample, tmp_path / "aside.parquet")  # a version stored before samples were kept
+    sketch = run_ok(project, "drift", "model:champion", tmp_path / "shifted.parquet")
+    assert "sketch" in sketch.stdout
+    by_sketch = {r["column"]: r for r in run_ok(project, "drift", "model:champion", tmp_path / "shifted.parquet",
+                                                 "--json").json()}
+    assert by_sketch["distance"]["drifted"]
+    assert abs(by_sketch["distance"]["statistic"] - shifted["distance"]["statistic"]) < 0.02
