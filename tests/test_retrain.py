@@ -323,3 +323,19 @@ def test_retrain_on_alert_end_to_end(base, tmp_path):
     assert (row["actor"], row["run_id"]) == ("retrain", out["run_id"])
     assert row["reason"].startswith("retrain: monitor on_alert, alert a1b2c3d4e5f60718: ")
     assert hook() is None, "the same alert never retrains twice"
+
+
+def test_a_killed_retrain_keeps_its_trigger(base, tmp_path):
+    """SIGKILL in the middle of a retrain: the next command undoes it, and the failed run's record (rebuilt
+    from the journal) still says it was a retrain."""
+    import signal
+
+    project = copy_of(base, tmp_path)
+    before = aliases(project)
+    killed = run_cli(project, "retrain", env={"MLOPS_NB_CRASH_AT": "running"})
+    assert killed.returncode == -signal.SIGKILL, str(killed)
+    runs = run_ok(project, "runs", "--json", "--limit", "1")
+    assert "Recovered" in runs.stderr, str(runs)
+    (record,) = runs.json()
+    assert record["status"] == "failed" and record["trigger"] == "retrain: by hand", record
+    assert aliases(project) == before

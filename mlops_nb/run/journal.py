@@ -35,6 +35,7 @@ class Journal:
     started_at: str | None = None
     params: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)   # task -> [last event, seconds]: where a killed run was
+    trigger: str | None = None                  # what started the run (a retrain), for its record
 
     def save(self, settings: config.Settings) -> None:
         _write_durably(journal_path(settings), json.dumps(asdict(self), indent=1, sort_keys=True))

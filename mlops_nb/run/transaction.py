@@ -223,7 +223,7 @@ def _build(settings, plan, state, record, stale, target, scope, progress, gate_a
 
     products_dir = settings.path("products_dir")
     j = journal.Journal(record.run_id, os.getpid(), "preparing", products_dir.exists(),
-                        started_at=record.started_at.isoformat(), params=record.params)
+                        started_at=record.started_at.isoformat(), params=record.params, trigger=record.trigger)
     shutil.rmtree(journal.scratch_dir(settings), ignore_errors=True)
     j.save(settings)
     crash_point("preparing")
@@ -413,7 +413,8 @@ def _killed_record(j: journal.Journal) -> records.RunRecord:
     from datetime import datetime
 
     started = datetime.fromisoformat(j.started_at) if j.started_at else records.now()
-    return records.RunRecord(j.run_id, started, params=j.params or {}, tasks=_tasks_so_far(list(j.tasks), j.tasks))
+    return records.RunRecord(j.run_id, started, params=j.params or {}, tasks=_tasks_so_far(list(j.tasks), j.tasks),
+                             trigger=j.trigger)
 
 
 def _save_failed(con, settings, record: records.RunRecord, why: str) -> None:
