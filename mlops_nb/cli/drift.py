@@ -44,7 +44,7 @@ def cmd_drift(args) -> int:
                            "threshold": r.threshold, "drifted": bool(r.drifted)}
                           for i, start, end, _, r in rows], default=str))
         return 0
-    _print_table(args, reference, analysis, comparison, rows)
+    _print_table(args, reference, analysis, rows)
     return 0
 
 
@@ -60,7 +60,7 @@ def _fmt(value, width: int) -> str:
     return f"{value:>{width}.4f}"
 
 
-def _print_table(args, reference, analysis, comparison, rows) -> None:
+def _print_table(args, reference, analysis, rows) -> None:
     ref_rows = (len(reference) if not isinstance(reference, dict) else
                 max((s.get("n", 0) for s in reference.values()), default=0))
     ref_what = "rows" if not isinstance(reference, dict) else "rows, profiled (whylogs)"
@@ -82,17 +82,16 @@ def _print_table(args, reference, analysis, comparison, rows) -> None:
     for note in notes:
         print(f"note: {note}")
     drifted = sum(r.drifted for *_, r in rows)
-    bases = sorted({r.basis for *_, r in rows})
     print(f"{drifted} of {len(rows)} column-chunk comparisons drifted. Drifted: statistic above the threshold "
           "(chi2: p below it).")
-    if "sketch" in bases:
+    if any(r.basis == "sketch" for *_, r in rows):
         print("basis sketch: the REFERENCE is a whylogs profile; statistics come from its KLL quantiles and "
               "frequent items (KS within about 0.01 of the exact value).")
     else:
         print("basis exact: every statistic is computed from the rows.")
 
 
-def _bounds(start, end, rows: int = 1) -> str:
+def _bounds(start, end, rows: int) -> str:
     if start is None and end is None:
         return "(missing)" if rows else "(no rows)"
     return str(start) if start == end else f"{start}..{end}"

@@ -10,7 +10,8 @@ $BENTOML_HOME/serving):
     profiles/<window start>-<worker>.bin        the whylogs profile of a window's rows (inputs, p_late, arm)
 
 Files are only appended to, a batch of whole lines a write. A reader takes complete lines only (a line
-still being written is read the next time) and remembers how far it read each file (``read_new``).
+still being written is read the next time) and remembers how far it read each file (the monitor keeps
+the offsets in its store: ``monitoring.store``).
 Times are ISO 8601 in UTC with milliseconds.
 """
 from __future__ import annotations
@@ -58,9 +59,12 @@ def now_iso(at: float | None = None) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
+WINDOW_STAMP = "%Y%m%dT%H%M"  # a window file's name starts with its window's start (UTC) so written
+
+
 def window_path(folder: Path, kind: str, window_start: float, worker: str, suffix: str) -> Path:
     """<folder>/<kind>/<window start as YYYYmmddTHHMM>-<worker><suffix>."""
-    stamp = datetime.fromtimestamp(window_start, timezone.utc).strftime("%Y%m%dT%H%M")
+    stamp = datetime.fromtimestamp(window_start, timezone.utc).strftime(WINDOW_STAMP)
     return Path(folder) / kind / f"{stamp}-{worker}{suffix}"
 
 
@@ -75,45 +79,19 @@ def append(path: Path, lines: list[str], durable: bool = False) -> None:
         if durable:
             os.fsync(f.fileno())
     if durable and new:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
 
 
-def read_new(path: Path, offset: int = 0) -> tuple[list[dict], int, list[str]]:
-    """The complete lines of ``path`` after byte ``offset``: (records, the offset to start from next time,
-    warnings). A line that is not a JSON object is skipped with a warning naming the file and line; a file
-    shorter than ``offset`` (truncated or replaced) is read again from its start, with a warning."""
-    warnings = []
-    size = path.stat().st_size
-    if size < offset:
-        warnings.append(f"{path.name}: shorter than when last read ({size} < {offset} bytes); read again from "
-                        "its start")
-        offset = 0
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read()
-    end = data.rfind(b"\n") + 1  # complete lines only
-    records = []
-    for number, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            warnings.append(f"{path.name}: line {number} after byte {offset} is not a JSON object; skipped")
-            continue
-        records.append(record)
-    return records, offset + end, warnings
+def fsync_dir(path: Path) -> None:
+    """A folder's entries on disk (a new or renamed file survives a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-# --------------------------------------------------------------------------------------------------
-# additions: the feedback log's files and lines, shared by the service (POST /feedback) and
-# `mlops-nb feedback FILE`
+# the feedback log's files and lines, shared by the service (POST /feedback) and `mlops-nb feedback FILE`
 
 REQUEST_ID_PATTERN = r"^[0-9a-f]{16}$"   # a request id as the service makes it (os.urandom(8).hex())
 KEY_MAX_CHARS = 200                      # a request's key, as the request schemas bound it

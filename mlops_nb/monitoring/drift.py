@@ -325,14 +325,8 @@ class Comparison:
     def _edges(self, ref: _Side) -> np.ndarray:
         bins = int(self.settings.monitor.bins)
         if bins not in ref._cache:
-            probs = np.arange(1, bins) / bins
-            if ref.values is not None:
-                idx = np.ceil(probs * ref.n).astype(np.int64) - 1
-                edges = ref.values[np.clip(idx, 0, ref.n - 1)]
-            else:
-                q = ref.quantiles
-                edges = q[np.clip(np.ceil(probs * len(q)).astype(np.int64) - 1, 0, len(q) - 1)]
-            ref._cache[bins] = np.unique(edges)
+            points = ref.values if ref.values is not None else ref.quantiles
+            ref._cache[bins] = np.unique(_inverse_cdf(points, np.arange(1, bins) / bins))
         return ref._cache[bins]
 
 
@@ -498,15 +492,20 @@ def _ks_asymptotic_p(d: float, n1: int, n2: int) -> float:
     return float(np.clip(stats.kstwo.sf(d, np.round(m * n / (m + n))), 0, 1))
 
 
-def _quantiles(side: _Side, grid: int = 1000) -> np.ndarray:
+def _quantiles(side: _Side, grid: int) -> np.ndarray:
     """The generalized inverse CDF at i / grid (i = 1..grid): a sketch's own, or exact from rows."""
     if side.quantiles is not None:
         return side.quantiles
     key = ("quantiles", grid)
     if key not in side._cache:
-        idx = np.ceil(np.arange(1, grid + 1) / grid * side.n).astype(np.int64) - 1
-        side._cache[key] = side.values[np.clip(idx, 0, side.n - 1)]
+        side._cache[key] = _inverse_cdf(side.values, np.arange(1, grid + 1) / grid)
     return side._cache[key]
+
+
+def _inverse_cdf(points: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The smallest of the sorted ``points`` with at least a share ``probs`` of them at or below it."""
+    n = len(points)
+    return points[np.clip(np.ceil(probs * n).astype(np.int64) - 1, 0, n - 1)]
 
 
 def _cdf(quantiles: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -635,6 +634,7 @@ def _first_line(error: Exception) -> str:
 def _model_reference(version: str, settings, name: str) -> pd.DataFrame | dict:
     from .. import registry
     from ..data import profiles, warehouse
+    from ..registry import gate
 
     if not version:
         raise DataError(f"The {name} model:VERSION must name a version or an alias; got 'model:' instead "
@@ -643,11 +643,11 @@ def _model_reference(version: str, settings, name: str) -> pd.DataFrame | dict:
     with warehouse.connect(settings=settings) as con:
         resolved = registry.resolve(con, version)
         tag = con.execute("SELECT tag FROM model_versions WHERE version = ?", [resolved]).fetchone()[0]
-    folder = registry.model_dir(tag, store=settings.path("bentoml_home")) / registry.PROFILES_DIR
-    sample = folder / "train_sample.parquet"
+    folder = registry.reference_dir(tag, settings)  # read without importing BentoML
+    sample = folder / gate.TRAIN_SAMPLE_FILE
     if sample.is_file():
         return _read_parquet(sample, name)
-    profile = folder / "train_features.bin"
+    profile = folder / gate.TRAIN_PROFILE_FILE
     if not profile.is_file():
         raise DataError(f"Model version {resolved} has no training reference ({profile} is missing); train it "
                         "again with `mlops-nb run`, or compare against a data file.")

@@ -15,30 +15,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .. import config, registry
 from ..registry import gate
+from ..registry.gate import calibrate, expected_metrics  # the arithmetic, shared with the gate's check
 
 __all__ = ["METHOD", "calibrate", "expected_metrics", "reference"]
 
 METHOD = gate.ESTIMATOR  # "CBPE"
-
-
-def calibrate(calibration: dict | None, p: np.ndarray) -> np.ndarray:
-    """Calibrated probabilities: the stored map (``calibration.json``, or None: the identity) applied to
-    ``p``. Raises ``DataError`` for probabilities outside [0, 1] or a map that is not one."""
-    return gate.calibrate(calibration, p)
-
-
-def expected_metrics(p: np.ndarray, threshold: float, calibration: dict | None = None) -> dict:
-    """{"roc_auc": float | None, "accuracy": float | None, "method": "CBPE"}: the ROC AUC and accuracy
-    expected of predictions ``p`` at the decision ``threshold``, from the calibrated probabilities q.
-    Accuracy = mean(q where p >= threshold, else 1 - q); ROC AUC = area under (FP(t) / N, TP(t) / P) over
-    every distinct score t, TP(t) = sum of q over p >= t, FP(t) = sum of 1 - q over p >= t, P = sum q,
-    N = sum (1 - q). ROC AUC is None for fewer than 2 rows or P or N of 0; accuracy is None for no rows.
-    One sort: about 0.1 s for a million rows."""
-    return gate.expected_metrics(p, threshold, calibration)
 
 
 _CACHE: dict[str, dict] = {}

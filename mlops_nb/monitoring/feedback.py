@@ -228,11 +228,7 @@ def import_file(settings: config.Settings, path) -> Imported:
         tmp.unlink(missing_ok=True)
         logs.append(tmp, lines, durable=True)
         os.replace(tmp, dest)
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        logs.fsync_dir(dest.parent)
     except OSError as e:
         if tmp.parent.is_dir():
             tmp.unlink(missing_ok=True)

@@ -308,8 +308,8 @@ def _plan(con, serving: Path, incoming: Path, report: Report) -> dict:
             if st.st_size < offset:
                 _warn(report, "shrunk-file", rel, f"shorter than when last read ({st.st_size} < {offset} bytes): "
                       "replaced or truncated; its rows are dropped and it is read again from its start")
-                entry["reset"], offset = True, 0
-                entry["offset"] = 0
+                entry["reset"] = True
+                entry["offset"] = offset = 0
             end = _last_newline(path, offset, st.st_size)
             if end < st.st_size and now - st.st_mtime > TAIL_GRACE:
                 # a writer appends whole lines in one write: a tail without its newline this old is a dead
@@ -358,10 +358,9 @@ def _ingest(con, plan: dict, seq: int, report: Report) -> dict:
                 _mark_stale(con, "SELECT ?::TIMESTAMP AS \"at\"", [start])
         else:
             if f["reset"]:
-                table = kind
                 if kind != logs.FEEDBACK:  # their windows lose rows: recompute them
-                    _mark_stale(con, f"SELECT \"at\" FROM {table} WHERE file = ?", [rel])
-                con.execute(f"DELETE FROM {table} WHERE file = ?", [rel])
+                    _mark_stale(con, f"SELECT \"at\" FROM {kind} WHERE file = ?", [rel])
+                con.execute(f"DELETE FROM {kind} WHERE file = ?", [rel])
             if f["chunk"] is not None:
                 lines, kept, warned = f["lines"], f["kept"], f["skipped"]
                 read["files_read"] += 1
@@ -520,11 +519,9 @@ def _stage(con, plan: dict, report: Report) -> None:
 # windows
 
 
-def recompute(con, settings, length: str, seq: int, serving: Path | None = None,
-              report: Report | None = None, clock=None) -> list[dict]:
+def recompute(con, settings, length: str, seq: int, serving: Path, report: Report, clock: _Clock) -> list[dict]:
     """Recompute the stale windows of ``length`` (inside the caller's transaction); returns them, newest
     last, each with its drift rows."""
-    clock = clock or _Clock({})
     unit = store.WINDOW_UNITS[length]
     con.execute("CREATE OR REPLACE TEMP TABLE touched AS SELECT window_start FROM stale_windows "
                 "WHERE window_length = ?", [length])
@@ -633,13 +630,12 @@ def recompute(con, settings, length: str, seq: int, serving: Path | None = None,
                     "realized_note": "the whole service (request log): no predictions of its own",
                     "estimated_roc_auc": None, "estimated_accuracy": None, "estimate_method": None,
                     "drifted": [], "computed_at": now, "computed_seq": seq, "drift": []})
-    if serving is not None:
-        with_rows = {w["window_start"] for w in out if w["model_version"] != store.ALL}
-        for w in _sketch_windows(con, settings, length, serving, with_rows, report):
-            w["computed_at"], w["computed_seq"] = now, seq
-            out.append(w)
-            drift_rows += [{"window_length": length, "window_start": w["window_start"],
-                            "model_version": w["model_version"], "arm": w["arm"], **d} for d in w["drift"]]
+    with_rows = {w["window_start"] for w in out if w["model_version"] != store.ALL}
+    for w in _sketch_windows(con, settings, length, serving, with_rows, report):
+        w["computed_at"], w["computed_seq"] = now, seq
+        out.append(w)
+        drift_rows += [{"window_length": length, "window_start": w["window_start"],
+                        "model_version": w["model_version"], "arm": w["arm"], **d} for d in w["drift"]]
     out.sort(key=lambda w: (w["window_start"], w["model_version"] == store.ALL, w["model_version"], w["arm"]))
     _write(con, length, out, drift_rows)
     clock("windows")
@@ -649,7 +645,7 @@ def recompute(con, settings, length: str, seq: int, serving: Path | None = None,
 def _profile_start(name: str):
     """The window start a profile's file name carries (``<YYYYmmddTHHMM>-<worker>.bin``), or None."""
     try:
-        return datetime.strptime(name[:13], "%Y%m%dT%H%M")
+        return datetime.strptime(name[:13], logs.WINDOW_STAMP)
     except ValueError:
         return None
 
@@ -658,7 +654,7 @@ def _floor(moment: datetime, length: str) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0, **({"hour": 0} if length == "1d" else {}))
 
 
-def _sketch_windows(con, settings, length: str, serving: Path, with_rows: set, report: Report | None) -> list[dict]:
+def _sketch_windows(con, settings, length: str, serving: Path, with_rows: set, report: Report) -> list[dict]:
     """Windows that have whylogs profiles but no logged row in the store (the log was rotated away, or
     never kept): drift from the profiles' sketches (basis 'sketch') against the training reference of the
     version that last served the champion arm before the window; rows and the prediction's quantiles from
@@ -681,9 +677,8 @@ def _sketch_windows(con, settings, length: str, serving: Path, with_rows: set, r
             try:
                 view = profiles.merge(view, profiles.read(serving / rel))
             except Exception as e:  # whylogs raises assorted errors on a truncated or foreign file
-                if report is not None:
-                    _warn(report, "unreadable-profile", rel, f"not a readable whylogs profile "
-                          f"({type(e).__name__}: {str(e)[:120]}); skipped")
+                _warn(report, "unreadable-profile", rel, f"not a readable whylogs profile "
+                      f"({type(e).__name__}: {str(e)[:120]}); skipped")
         if view is None:
             continue
         summaries = profiles.summaries(view)
@@ -780,19 +775,11 @@ def _realized(rows, threshold: float, settings) -> dict:
 
 
 def roc_auc(y, p) -> float:
-    """ROC AUC of scores ``p`` for labels ``y`` (both classes present): the Mann-Whitney statistic with tied
-    scores at their average rank, the value of ``sklearn.metrics.roc_auc_score`` (tests compare them),
-    without importing scikit-learn (over a second of a call's time)."""
-    import numpy as np
+    """ROC AUC of scores ``p`` for labels ``y`` (both classes present): ``registry.gate.roc_auc``, the value
+    of ``sklearn.metrics.roc_auc_score`` without importing scikit-learn (over a second of a call's time)."""
+    from ..registry import gate
 
-    y = np.asarray(y, dtype=bool)
-    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    average_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct score
-    positives = int(y.sum())
-    negatives = len(y) - positives
-    rank_sum = average_rank[inverse][y].sum()
-    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+    return gate.roc_auc(y, p)
 
 
 def _estimated(p, threshold: float, ref: dict | None) -> dict:

@@ -33,10 +33,10 @@ takes the run lock, its audit row has action 'promote', actor 'monitor' and the 
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 
 from ..errors import DataError, MlopsNbError, NotFoundError, RunLockedError
+from ..registry.gate import roc_auc
 
 BY_HAND = "retrain: by hand"
 ON_ALERT = "retrain: monitor on_alert"
@@ -64,14 +64,7 @@ def _store(settings, con=None):
         return contextlib.nullcontext(con)
     if not store.store_path(settings).exists():
         return None
-    for attempt in range(20):
-        try:
-            return store.connect(settings, read_only=True)
-        except Exception as e:  # duckdb.IOException: the monitor is writing it right now
-            if "lock" not in str(e).lower() or attempt == 19:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return store.connect(settings, read_only=True)
 
 
 def labelled_rows_by_month(settings, con=None) -> dict[int, int]:
@@ -295,7 +288,8 @@ def retrain_on_alert(settings, new_alerts, progress=None, announce=None, con=Non
         with opened as c:
             still_open = {a.alert_id for a in alerts.open_alerts(c)}
         ids = [i for i in ids if i in still_open]
-    ids = [i for i in ids if i not in _handled_alerts(settings, ids)]
+    handled = _handled_alerts(settings, ids)
+    ids = [i for i in ids if i not in handled]
     if not ids:
         return None
     trigger = f"{ON_ALERT}, alert{'s' if len(ids) > 1 else ''} {' '.join(ids)}"
@@ -368,12 +362,6 @@ def _rollout_start(settings, challenger: str, con=None):
     return row[0] if row else None
 
 
-def _roc_auc(y, p) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
-
-
 def promote_if_ready(settings, con=None) -> dict | None:
     """``retrain.auto_promote``: promote the challenger to champion when it is ready (module docstring).
     None when auto_promote is off or there is no challenger (or no champion); else what was found:
@@ -407,8 +395,8 @@ def promote_if_ready(settings, con=None) -> dict | None:
         return out
     (yc, pc), (yb, pb) = pooled["challenger"], pooled["champion"]
     out.update(windows=pooled["windows"], challenger_rows=int(len(yc)), champion_rows=int(len(yb)),
-               challenger_roc_auc=_roc_auc(yc, pc) if len(yc) else None,
-               champion_roc_auc=_roc_auc(yb, pb) if len(yb) else None)
+               challenger_roc_auc=roc_auc(yc, pc),
+               champion_roc_auc=roc_auc(yb, pb))
     a, b = out["challenger_roc_auc"], out["champion_roc_auc"]
     evidence = (f"labelled rows since {since:%Y-%m-%d %H:%M} ({out['windows']} {settings.monitor.window} "
                 f"window(s), pooled): challenger {challenger} {len(yc)} rows, ROC AUC {_fmt(a)}; champion "

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from .. import config
 from ..errors import MlopsNbError, RunInterrupted
+from ..registry.gate import roc_auc
 
 MARKER = ".mlops-nb-simulation"      # a scratch project's marker: --out may reuse a folder holding it
 # the first champion's train, valid and test months, and a retrain's (retrain.train_span, valid_span, test_span:
@@ -273,10 +274,6 @@ class Server:
             self._log.close()
             self._log = None
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
 
 # --------------------------------------------------------------------------------------------------
 # the flights
@@ -422,12 +419,16 @@ def aliases(settings: config.Settings) -> dict[str, str]:
         return registry.aliases(con)
 
 
+def _month_bounds(year: int, month: int) -> tuple[str, str]:
+    """The month's first day and the next month's, as 'YYYY-MM-DD'."""
+    return f"{year:04d}-{month:02d}-01", f"{year + (month == 12):04d}-{month % 12 + 1:02d}-01"
+
+
 def month_rows(settings: config.Settings, year: int, month: int):
     """The month's logged predictions (every arm) with their labels (by request id), from the store."""
     from . import store
 
-    start = f"{year:04d}-{month:02d}-01"
-    end = f"{year + (month == 12):04d}-{month % 12 + 1:02d}-01"
+    start, end = _month_bounds(year, month)
     inputs = ", ".join(f'p."{c}"' for c in store.INPUT_COLUMNS)
     with store.connect(settings, read_only=True) as con:
         return con.execute(f"""
@@ -441,20 +442,11 @@ def month_rows(settings: config.Settings, year: int, month: int):
 def month_alerts(settings: config.Settings, year: int, month: int) -> list[dict]:
     from . import store
 
-    start = f"{year:04d}-{month:02d}-01"
-    end = f"{year + (month == 12):04d}-{month % 12 + 1:02d}-01"
+    start, end = _month_bounds(year, month)
     with store.connect(settings, read_only=True) as con:
         rows = con.execute(f"""SELECT rule, count(*) FROM alerts WHERE window_start >= TIMESTAMP '{start}'
                                AND window_start < TIMESTAMP '{end}' GROUP BY rule ORDER BY rule""").fetchall()
     return [{"rule": r, "count": int(n)} for r, n in rows]
-
-
-def _auc(y, p) -> float | None:
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y, dtype=int)
-    return float(roc_auc_score(y, p)) if len(y) and 0 < y.sum() < len(y) else None
 
 
 def arms(settings: config.Settings, rows) -> dict[str, dict]:
@@ -469,7 +461,7 @@ def arms(settings: config.Settings, rows) -> dict[str, dict]:
         threshold = float(threshold if threshold is not None else settings.model.threshold)
         est = estimate.expected_metrics(part["p_late"].to_numpy(dtype=float), threshold, ref.get("calibration"))
         out[version] = {"requests": int(part["request_id"].nunique()), "labelled": int(len(labelled)),
-                        "roc_auc": _auc(labelled["late"].astype(bool), labelled["p_late"]) if len(labelled) else None,
+                        "roc_auc": roc_auc(labelled["late"].astype(bool), labelled["p_late"]),
                         "estimated_roc_auc": est.get("roc_auc")}
         out[version]["_arm"] = ",".join(sorted(part["arm"].unique()))
     return out
@@ -502,7 +494,7 @@ def compare_models(settings: config.Settings, new: str, old: str, frame) -> dict
         estimator = registry.load_file(dirs[v] / registry.MODEL_FILE, shas[v])
         scores[v] = predict_proba(estimator, frame[list(RECORD)])
     y = frame["late"].astype(bool)
-    return {"rows": int(len(frame)), "new_roc_auc": _auc(y, scores[new]), "old_roc_auc": _auc(y, scores[old])}
+    return {"rows": int(len(frame)), "new_roc_auc": roc_auc(y, scores[new]), "old_roc_auc": roc_auc(y, scores[old])}
 
 
 # --------------------------------------------------------------------------------------------------

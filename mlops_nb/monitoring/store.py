@@ -176,7 +176,6 @@ def connect(settings, read_only: bool = False, memory_limit: str | None = None):
             con.execute(f"SET memory_limit = '{memory_limit}'")
         if not read_only:  # a call's commit appends to the WAL; the file is rewritten when the WAL passes this
             con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
-        if not read_only:
             _ensure_schema(con, path)
         yield con
     finally:
@@ -202,18 +201,3 @@ def _ensure_schema(con, path: Path) -> None:
 
 def next_seq(con) -> int:
     return con.execute("SELECT coalesce(max(seq), 0) + 1 FROM calls").fetchone()[0]
-
-
-def windows(con, length: str | None = None, since=None) -> list[dict]:
-    """Stored windows (newest first), for readers."""
-    where, params = [], []
-    if length:
-        where.append("window_length = ?")
-        params.append(length)
-    if since is not None:
-        where.append("window_start >= ?")
-        params.append(since)
-    sql = "SELECT * FROM windows" + (" WHERE " + " AND ".join(where) if where else "")
-    cur = con.execute(sql + " ORDER BY window_start DESC, model_version, arm", params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
