@@ -1,7 +1,8 @@
 """The monitoring report (mlops_nb/monitoring/report.py): a real DuckDB monitoring store filled with windows,
 drift rows and alerts (store.connect, alerts.record), the page written by report.write, then opened in a
 real headless Chromium (Debian's `chromium`; `make browser` installs it): the heat maps, the ROC AUC chart and
-the alerts table are in the DOM, every image decoded, nothing was fetched, and a screenshot is not blank."""
+the alerts table are in the DOM, the inline SVG charts drawn (a cell a drift row, a mark a drifted cell, a
+point a realized ROC AUC, filled and hollow alert markers), nothing was fetched, and a screenshot is not blank."""
 from __future__ import annotations
 
 import json
@@ -62,6 +63,12 @@ def drift_rows(start, version, arm, strength: float) -> list[dict]:
             out.append({**base, "method": "ks", "statistic": 0.1 * s, "p_value": 0.5, "threshold": 0.1,
                         "drifted": 0.1 * s > 0.1})
     return out
+
+
+def no_statistic(d: dict) -> bool:
+    """A drift row the heat map draws grey: no statistic (chi2: no p-value), or a NaN one."""
+    value = d["p_value"] if d["method"] == "chi2" else d["statistic"]
+    return value is None or math.isnan(value)
 
 
 def insert(con, table: str, rows: list[dict]) -> None:
@@ -138,23 +145,52 @@ def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-# Injected into a copy of the page (the page itself has no script): after load, every image decoded or
-# not, the resources the page fetched, and the parts found, as JSON in <pre id="probe">.
+# Injected into a copy of the page (the page itself has no script): after load, the charts as drawn (their
+# boxes and what they hold), the images and the resources the page fetched, and the parts found, as JSON in
+# <pre id="probe">.
 PROBE = """<script>
 window.addEventListener('load', () => {
-  // synchronous on purpose: --dump-dom does not wait for promises; at 'load' a data: image is decoded
-  // when it has a natural size
-  const imgs = [...document.images].map((i) => {
-    const decoded = i.complete && i.naturalWidth > 0;
-    const box = i.getBoundingClientRect();
-    return {id: i.id, cls: i.className, complete: i.complete, decoded, w: i.naturalWidth, h: i.naturalHeight,
-            shownW: box.width, shownH: box.height};
+  // synchronous on purpose: --dump-dom does not wait for promises
+  const count = (d, re) => ((d || '').match(re) || []).length;
+  const charts = [...document.querySelectorAll('svg.chart')].map((s) => {
+    const box = s.getBoundingClientRect();
+    const drawn = s.getBBox();
+    return {id: s.id, cls: s.getAttribute('class'), role: s.getAttribute('role'), label: s.getAttribute('aria-label'),
+            title: s.querySelector(':scope > title') ? s.querySelector(':scope > title').textContent : null,
+            viewBox: s.getAttribute('viewBox'), shownW: box.width, shownH: box.height,
+            drawnW: drawn.width, drawnH: drawn.height};
   });
+  const heatmap = (s) => {
+    const cells = [...s.querySelectorAll('g.cells > rect')];
+    return {key: s.dataset.version + '/' + s.dataset.arm, cells: cells.length,
+            grey: cells.filter((r) => r.getAttribute('fill') === '#d9d9d9').length,
+            drawnCells: cells.filter((r) => r.getBBox().width > 0 && r.getBBox().height > 0).length,
+            marks: count(s.querySelector('path.marks') && s.querySelector('path.marks').getAttribute('d'), /M/g),
+            tip: cells.length && cells[0].querySelector('title') ? cells[0].querySelector('title').textContent : null};
+  };
+  const realized = {};
+  for (const g of document.querySelectorAll('#timeline-chart g.realized')) {
+    realized[g.dataset.version + '/' + g.dataset.arm] = {
+      points: g.querySelectorAll('.pt').length,
+      vertices: count(g.querySelector('path').getAttribute('d'), /[ML]/g),
+      labels: [...g.querySelectorAll('text')].map((t) => t.textContent)};
+  }
+  const alertMarks = [...document.querySelectorAll('#timeline-chart .alert')].map((m) => ({
+    id: m.dataset.alertId, cls: m.getAttribute('class'), fill: m.getAttribute('fill'),
+    stroke: m.getAttribute('stroke')}));
   const out = {
-    imgs,
+    charts,
+    imgs: document.images.length,
     resources: performance.getEntriesByType('resource').map((e) => e.name),
-    heatmaps: [...document.querySelectorAll('#drift-heatmaps img.heatmap')].map((i) => i.dataset.version + '/' + i.dataset.arm),
-    timeline: !!document.querySelector('#timeline img#timeline-chart'),
+    heatmaps: [...document.querySelectorAll('#drift-heatmaps svg.heatmap')].map(heatmap),
+    heatmapIds: [...document.querySelectorAll('#drift-heatmaps svg.heatmap')].map((s) => s.id),
+    timeline: !!document.querySelector('#timeline svg#timeline-chart'),
+    realized,
+    estimated: document.querySelectorAll('#timeline-chart g.estimated').length,
+    references: document.querySelectorAll('#timeline-chart path.reference').length,
+    alertMarks,
+    alertLines: count([...document.querySelectorAll('#timeline-chart path.alert-lines')]
+      .map((p) => p.getAttribute('d')).join(''), /M/g),
     alertIds: [...document.querySelectorAll('#alerts tbody tr')].map((r) => r.dataset.alertId),
     openRows: document.querySelectorAll('#alerts tbody tr.open').length,
     versionsRows: document.querySelectorAll('#versions tbody tr').length,
@@ -194,13 +230,14 @@ def screenshot(page: Path, tmp_path: Path, size=(1400, 2600)):
 
 
 def assert_offline(text: str) -> None:
-    """Nothing the browser would fetch: every src/href is a data: URI or a fragment; no script, stylesheet
-    link, CSS url() or @import; no http(s) address at all."""
+    """Nothing the browser would fetch: every src/href is a fragment (the charts are inline SVG, there is no
+    image, not even a data: one); no script, stylesheet link, CSS url() or @import; no http(s) address at all."""
     assert not re.search(r"https?:", text, re.I), re.search(r".{60}https?:.{60}", text, re.I | re.S)
     assert not re.search(r"<\s*(script|link|iframe|object|embed|base)\b", text, re.I)
     assert not re.search(r"url\s*\(|@import", text, re.I)
     for attr, value in re.findall(r"\b(src|href|srcset|action|poster)\s*=\s*[\"']?([^\"'\s>]*)", text, re.I):
-        assert value.startswith(("data:image/png;base64,", "#")), (attr, value[:80])
+        assert value.startswith("#"), (attr, value[:80])
+    assert not re.search(r"<\s*img\b|data:image", text, re.I)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,14 +254,49 @@ def test_the_page_renders_in_chromium_offline(settings, tmp_path):
     assert not list(page.parent.glob(".monitoring.html.*")), "the temporary file was left behind"
 
     found = probe(page, tmp_path)
-    # every image (2 heat maps + the timeline) loaded and decoded, and is drawn at a real size
-    assert len(found["imgs"]) == 3, found["imgs"]
-    for img in found["imgs"]:
-        assert img["complete"] and img["decoded"] and img["w"] > 500 and img["h"] > 150, img
-        assert img["shownW"] > 300 and img["shownH"] > 50, img
-    assert sorted(found["heatmaps"]) == ["v1/champion", "v2/challenger"]
+    # three charts (2 heat maps + the timeline), inline SVG with a label and a title, drawn at a real size
+    assert len(found["charts"]) == 3 and found["imgs"] == 0, found["charts"]
+    for chart in found["charts"]:
+        assert chart["role"] == "img" and chart["label"] and chart["title"] == chart["label"], chart
+        width, height = map(float, chart["viewBox"].split()[2:])
+        assert width > 500 and height > 150, chart
+        assert chart["shownW"] > 300 and chart["shownH"] > 50, chart
+        assert chart["drawnW"] > 0.8 * width and chart["drawnH"] > 0.7 * height, chart
+    assert found["heatmapIds"] == ["heatmap-0", "heatmap-1"]
     assert found["timeline"]
-    assert not [r for r in found["resources"] if not r.startswith("data:")], found["resources"]
+    assert found["resources"] == [], found["resources"]
+
+    # the heat maps: a cell a (feature, window) drift row, grey when it has no statistic, a mark when drifted
+    heatmaps = {h["key"]: h for h in found["heatmaps"]}
+    assert sorted(heatmaps) == ["v1/champion", "v2/challenger"]
+    for version, arm in (("v1", "champion"), ("v2", "challenger")):
+        rows = [d for d in made["drift"] if (d["model_version"], d["arm"]) == (version, arm)]
+        h = heatmaps[f"{version}/{arm}"]
+        assert h["cells"] == h["drawnCells"] == len(rows), (h, len(rows))
+        assert h["grey"] == sum(no_statistic(d) for d in rows), h
+        assert h["marks"] == sum(bool(d["drifted"]) for d in rows), h
+    assert heatmaps["v1/champion"]["marks"] > 0 and heatmaps["v2/challenger"]["marks"] == 0
+    assert heatmaps["v1/champion"]["tip"].startswith(FEATURES[0] + ", 2013-11-01 00:00 UTC: "), heatmaps
+
+    # the timeline: a realized ROC AUC point (and its labelled rows) a window with labels, on a line broken at
+    # the NaN and at the gap; estimated and reference lines; an alert marker each, filled when open
+    for version, arm in (("v1", "champion"), ("v2", "challenger")):
+        labelled = [w for w in made["windows"] if (w["model_version"], w["arm"]) == (version, arm)
+                    and w["roc_auc"] is not None and not math.isnan(w["roc_auc"])]
+        r = found["realized"][f"{version}/{arm}"]
+        assert r["points"] == r["vertices"] == len(labelled) > 0, (r, len(labelled))
+        assert r["labels"] == [f"n={w['labelled']}" for w in labelled], r
+    assert found["estimated"] == 2 and found["references"] == 1
+    marks = {m["id"]: m for m in found["alertMarks"]}
+    assert sorted(marks) == sorted(a.alert_id for a in made["alerts"]) and len(found["alertMarks"]) == len(marks)
+    for a in made["alerts"]:
+        m = marks[a.alert_id]
+        if a.alert_id == made["acked"]:
+            assert "acked" in m["cls"] and m["fill"] == "none" and m["stroke"] != "none", m
+        else:
+            assert "open" in m["cls"] and m["fill"] not in (None, "none"), m
+    open_windows = {a.window_start for a in made["alerts"] if a.alert_id != made["acked"]}
+    assert found["alertLines"] == 4 * len(open_windows), found["alertLines"]  # across the four panels above
     # the alerts table: every alert, one acknowledged
     assert sorted(found["alertIds"]) == sorted(a.alert_id for a in made["alerts"])
     assert found["openRows"] == len(made["alerts"]) - 1
@@ -263,6 +335,20 @@ def test_the_page_says_what_the_store_holds(settings):
     assert "0.7777" in text and "not in the store" not in text
 
 
+def test_writing_the_report_imports_no_plotting_library(settings, tmp_path):
+    """The charts are drawn by the module itself: importing matplotlib alone would cost more than the report."""
+    import sys
+
+    fill(settings)
+    code = ("import sys; from mlops_nb import config; from mlops_nb.monitoring import report; "
+            f"page = report.write(config.load({str(tmp_path / 'settings.ini')!r}, environ={{}})); "
+            "assert page.is_file(); assert 'matplotlib' not in sys.modules, 'matplotlib was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'id="timeline-chart"' in report.report_path(settings).read_text(encoding="utf-8")
+
+
 def test_an_empty_or_missing_store_gives_a_page_that_says_so(settings, tmp_path):
     page = report.write(settings)  # no store file at all: the report does not create one
     assert not store.store_path(settings).exists()
@@ -273,19 +359,19 @@ def test_an_empty_or_missing_store_gives_a_page_that_says_so(settings, tmp_path)
     with store.connect(settings):  # the schema, no rows
         pass
     text = report.write(settings).read_text(encoding="utf-8")
-    assert 'id="empty"' in text and "No monitoring windows of length 1h" in text and "<img" not in text
+    assert 'id="empty"' in text and "No monitoring windows of length 1h" in text and "<svg" not in text
     assert 'id="no-alerts"' in text
 
     fill(settings)  # windows of 1h only: a 1d page says so and names the other length
     text = report.write(settings, "1d").read_text(encoding="utf-8")
-    assert "No monitoring windows of length 1d" in text and "--window 1h" in text
+    assert "No monitoring windows of length 1d" in text and "--window 1h" in text and "<svg" not in text
     assert 'id="alerts"' in text  # the alerts are listed all the same
 
     with pytest.raises(SettingsError, match="2h"):
         report.write(settings, "2h")
 
     found = probe(report.write(settings, "1d"), tmp_path)
-    assert found["empty"] and found["imgs"] == [] and len(found["alertIds"]) > 0
+    assert found["empty"] and found["charts"] == [] and found["imgs"] == 0 and len(found["alertIds"]) > 0
 
 
 def test_a_thousand_windows_of_twenty_features_take_under_two_seconds(settings):
@@ -319,3 +405,6 @@ def test_a_thousand_windows_of_twenty_features_take_under_two_seconds(settings):
     text = page.read_text(encoding="utf-8")
     assert text.count('class="chart heatmap"') == 2 and 'id="timeline-chart"' in text
     assert_offline(text)
+    # inline SVG stays a reasonable size: under 2 MB a chart, a heat map of 21 features x 1000 windows too
+    charts = re.findall(r"<svg\b.*?</svg>", text, re.S)
+    assert len(charts) == 3 and max(map(len, charts)) < 2_000_000, [len(c) for c in charts]

@@ -23,8 +23,10 @@ The reference ROC AUC is read from the store only (a ``reference_roc_auc`` colum
 table keyed by ``model_version``, else the evidence of a ``roc_auc_drop`` / ``estimated_drop`` alert): the
 report never opens the model registry. Missing values (windows without labels, NaN) are gaps, never errors.
 
-Self-contained: the charts are matplotlib PNGs (``Figure``, Agg; no pyplot) embedded as base64 ``data:`` URIs,
-the style sheet is inline, there is no script, font, stylesheet or image from anywhere else. The page is
+Self-contained: the charts are inline SVG (``<svg>`` elements in the page) drawn by this module, with hover
+tooltips (``<title>``) on cells, points and alerts. No plotting library is imported, so a report costs milliseconds
+(importing and rendering matplotlib took more than half a second, too much for an incremental monitor call). The
+style sheet is inline; there is no script, font, stylesheet or image from anywhere else. The page is
 written to a temporary file in the same folder and renamed over the old one, so a reader sees a whole page.
 An empty store, or one without windows of the length, gives a page that says so.
 """
@@ -46,9 +48,13 @@ PREDICTION = alerts_mod.PREDICTION
 RATIO_MAX = 3.0  # heat-map colours saturate at three times the threshold
 MAX_HEATMAPS = 12  # version/arm heat maps drawn (the newest); the others are named
 MAX_ALERT_ROWS = 500  # alerts listed (the newest); the others are counted
-FIG_WIDTH = 13.0  # inches; every chart has the same width and margins, so their time axes line up
-LEFT, RIGHT = 0.12, 0.83
-DPI = 96
+WIDTH = 1280  # px, the viewBox width of every chart; the same plot area in all, so their time axes line up
+PLOT_LEFT, PLOT_RIGHT = 150, 1040  # px; the feature names and y ticks on the left, colour bar and legends right
+ROW_PX = 14  # px, a heat-map row
+MAX_CELL_TITLES = 5000  # heat-map cells with a hover tooltip; beyond, none, to keep the page small
+MAX_POINT_TITLES = 500  # the same for the points of a ROC AUC series
+TIME_STEPS = [timedelta(minutes=15), timedelta(minutes=30)] + [timedelta(hours=h) for h in (1, 2, 3, 6, 12)] + \
+    [timedelta(days=d) for d in (1, 2, 7, 14)] + [1, 3, 6, 12, 24, 60, 120]  # ints: months
 ANNOTATE_MAX = 24  # realized points of a series annotated with their labelled rows
 ARM_MARKERS = {"champion": "o", "challenger": "s", "shadow": "^"}
 
@@ -189,7 +195,10 @@ th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-al
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.open td.status { color: #b00; font-weight: 600; } tr.acked td { color: #777; }
 figure { margin: 0 0 12px; }
-img.chart { width: 100%; height: auto; display: block; }
+svg.chart { width: 100%; height: auto; display: block; }
+svg.chart text { font: 10px system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; fill: #333; }
+svg.chart text.small { font-size: 9px; } svg.chart text.tiny { font-size: 8px; }
+svg.chart text.muted { font-size: 12px; fill: #777; }
 p.note, figcaption { color: #555; font-size: 13px; }
 p.empty { font-size: 16px; padding: 12px; background: #fff8e1; border: 1px solid #f0d070; }
 code { font-size: 12px; }
@@ -317,38 +326,143 @@ def _alerts_table(alerts: list) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# charts
+# charts: inline SVG, drawn here (a plotting library would cost more to import than the whole report)
 
 
-def _png(fig) -> str:
-    import base64
-    import io
+class _Axis:
+    """The time axis every chart shares: time -> x in the plot area, and its ticks."""
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    def __init__(self, t0: datetime, t1: datetime):
+        self.t0, self.span = t0, max((t1 - t0).total_seconds(), 1.0)
+        self.ticks = _time_ticks(t0, t1)
 
-
-def _img(fig, ident: str, alt: str, cls: str = "chart", extra: str = "") -> str:
-    w, h = fig.get_size_inches()
-    return (f"<img id=\"{_e(ident)}\" class=\"{cls}\" alt=\"{_e(alt)}\" width=\"{round(w * DPI)}\" "
-            f"height=\"{round(h * DPI)}\" {extra} src=\"{_png(fig)}\">")
+    def x(self, t: datetime) -> float:
+        return PLOT_LEFT + (t - self.t0).total_seconds() / self.span * (PLOT_RIGHT - PLOT_LEFT)
 
 
-def _time_axis(ax, x0, x1) -> None:
-    import matplotlib.dates as mdates
+def _time_ticks(t0: datetime, t1: datetime) -> list[tuple[datetime, str, str]]:
+    """(time, label, date line) of the first step of TIME_STEPS that gives at most eight ticks; the date line
+    is written under the first sub-day tick and wherever the date changes."""
+    for step in TIME_STEPS:
+        if isinstance(step, int):  # months
+            months = t0.year * 12 + t0.month - 1 + (t0 != datetime(t0.year, t0.month, 1))
+            months += -months % step
+            ticks = []
+            while (t := datetime(months // 12, months % 12 + 1, 1)) <= t1:
+                ticks.append(t)
+                months += step
+        else:
+            origin = datetime(1970, 1, 5) if step >= timedelta(days=7) else datetime(1970, 1, 1)  # weeks: Mondays
+            t = origin + -((origin - t0) // step) * step
+            ticks = []
+            while t <= t1:
+                ticks.append(t)
+                t += step
+        if len(ticks) <= 8 or step is TIME_STEPS[-1]:
+            break
+    out, day = [], None
+    for t in ticks:
+        if isinstance(step, int):
+            out.append((t, t.strftime("%Y-%m"), ""))
+        elif step >= timedelta(days=1):
+            out.append((t, t.strftime("%Y-%m-%d"), ""))
+        else:
+            out.append((t, t.strftime("%H:%M"), t.strftime("%Y-%m-%d") if t.date() != day else ""))
+            day = t.date()
+    return out
 
-    ax.set_xlim(x0, x1)
-    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    ax.grid(True, axis="x", color="#e4e4e4", linewidth=0.6)
+
+def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    """About n ticks in [lo, hi] at a 1, 2 or 5 x 10^k step."""
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * 0.999)
+    first = math.ceil(lo / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, math.floor(hi / step + 1e-9) + 1)]
+
+
+def _fmt(v: float, ticks: list[float]) -> str:
+    """A tick label with the digits its step needs; thousands as k from 10 000 on."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
+    if max(abs(t) for t in ticks) >= 10_000:
+        v, step = v / 1000, step / 1000
+        return f"{v:.{max(0, -math.floor(math.log10(step)))}f}k"
+    return f"{v:.{max(0, -math.floor(math.log10(step)))}f}"
+
+
+def _n(v: float) -> str:
+    """A coordinate: one decimal is finer than a pixel, and keeps the page small."""
+    return f"{v:.1f}".removesuffix(".0")
+
+
+def _path(points) -> str:
+    """A polyline's ``d``, broken at every point whose y is None (a gap or a missing value)."""
+    out, move = [], True
+    for x, y in points:
+        if y is None:
+            move = True
+            continue
+        out.append(f"{'M' if move else 'L'}{_n(x)} {_n(y)}")
+        move = False
+    return "".join(out)
+
+
+def _line(points, colour: str, dash: str = "", width: float = 1.2) -> str:
+    d = _path(points)
+    return (f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="{width}"'
+            + (f' stroke-dasharray="{dash}"' if dash else "") + "/>") if d else ""
+
+
+def _marker(shape: str, x: float, y: float, r: float, fill: str, stroke: str, cls: str = "", title: str = "",
+            attrs: str = "") -> str:
+    """A point: o circle, s square, ^ / v triangle, D diamond; ``title`` is its tooltip."""
+    paint = f'fill="{fill}" stroke="{stroke}"' + (f' class="{cls}"' if cls else "") + attrs
+    if shape == "o":
+        el = f'<circle cx="{_n(x)}" cy="{_n(y)}" r="{r}" {paint}'
+    elif shape == "s":
+        el = f'<rect x="{_n(x - r)}" y="{_n(y - r)}" width="{2 * r}" height="{2 * r}" {paint}'
+    else:
+        dy = -r if shape == "^" else r
+        d = (f"M{_n(x)} {_n(y - r)}l{r} {r}l{-r} {r}l{-r} {-r}z" if shape == "D" else
+             f"M{_n(x)} {_n(y + dy)}L{_n(x + r)} {_n(y - dy)}H{_n(x - r)}z")
+        el = f'<path d="{d}" {paint}'
+    return f"{el}><title>{_e(title)}</title></{el[1:el.index(' ')]}>" if title else el + "/>"
+
+
+def _text(x: float, y: float, text: str, anchor: str = "start", cls: str = "", extra: str = "") -> str:
+    return (f'<text x="{_n(x)}" y="{_n(y)}"' + (f' text-anchor="{anchor}"' if anchor != "start" else "")
+            + (f' class="{cls}"' if cls else "") + extra + f">{_e(text)}</text>")
+
+
+def _svg(ident: str, height: float, label: str, body: list[str], cls: str = "chart", extra: str = "") -> str:
+    height = math.ceil(height)
+    return (f'<svg id="{_e(ident)}" class="{cls}" {extra} role="img" aria-label="{_e(label)}" '
+            f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}"><title>{_e(label)}</title>'
+            + "".join(body) + "</svg>")
+
+
+def _x_axis(axis: _Axis, top: float, bottom: float, labels: bool, grid: bool) -> list[str]:
+    """The time ticks of a plot area: grid lines across it, and the labels under it when ``labels``."""
+    out = []
+    if grid:
+        out.append('<path stroke="#e4e4e4" d="' + "".join(f"M{_n(axis.x(t))} {_n(top)}V{_n(bottom)}"
+                                                          for t, _, _ in axis.ticks) + '"/>')
+    if labels:
+        out.append('<path stroke="#555" d="' + "".join(f"M{_n(axis.x(t))} {_n(bottom)}v4" for t, _, _ in axis.ticks)
+                   + '"/>')
+        for t, label, date in axis.ticks:
+            out.append(_text(axis.x(t), bottom + 15, label, "middle"))
+            if date:
+                out.append(_text(axis.x(t), bottom + 27, date, "middle"))
+    return out
+
+
+def _frame(top: float, height: float) -> str:
+    return (f'<rect x="{PLOT_LEFT}" y="{_n(top)}" width="{PLOT_RIGHT - PLOT_LEFT}" height="{_n(height)}" '
+            'fill="none" stroke="#999"/>')
 
 
 def _charts(length: str, windows: list[dict], keys: list[tuple], data: dict) -> list[str]:
-    import matplotlib.dates as mdates
-    import numpy as np
-
     step = STEPS[length]
     alerts = data["alerts"]
     times = [w["window_start"] for w in windows]
@@ -356,13 +470,13 @@ def _charts(length: str, windows: list[dict], keys: list[tuple], data: dict) -> 
                    if isinstance(a.window_start, datetime)]
     t0 = min(times + [t - step / 2 for t in alert_times])
     t1 = max([t + step for t in times] + [t + step / 2 for t in alert_times])
-    x0, x1 = mdates.date2num(np.array([t0, t1], dtype="datetime64[us]"))
+    axis = _Axis(t0, t1)
     colours = _colours(sorted({k[0] for k in keys}))
     out = ["<h2>Drift per feature</h2>",
            "<p class=\"note\">One heat map per version and arm: features in rows, windows in columns on the time "
            "axis of the chart below. Colour: the drift statistic relative to its threshold (statistic / threshold; "
            "chi2: ln p / ln threshold), green below 1, red above (drifted); a cross marks a drifted cell; grey: no "
-           "statistic (too few rows, or no reference).</p>", "<div id=\"drift-heatmaps\">"]
+           "statistic (too few rows, or no reference). Hover a cell for its value.</p>", "<div id=\"drift-heatmaps\">"]
     shown = keys[:MAX_HEATMAPS]
     by_key: dict[tuple, list] = {k: [] for k in shown}
     for row in data["drift"]:
@@ -372,9 +486,8 @@ def _charts(length: str, windows: list[dict], keys: list[tuple], data: dict) -> 
     for i, k in enumerate(shown):
         out.append(f"<figure><h3>{_e(_series_label(*k))}</h3>")
         if by_key[k]:
-            fig = _heatmap(by_key[k], step, x0, x1)
-            out.append(_img(fig, f"heatmap-{i}", f"drift heat map of {_series_label(*k)}", "chart heatmap",
-                            f"data-version=\"{_e(k[0])}\" data-arm=\"{_e(k[1])}\""))
+            out.append(_heatmap(by_key[k], step, axis, f"heatmap-{i}", f"drift heat map of {_series_label(*k)}",
+                                f"data-version=\"{_e(k[0])}\" data-arm=\"{_e(k[1])}\""))
         else:
             out.append("<p class=\"note\">No drift rows for this version and arm.</p>")
         out.append("</figure>")
@@ -382,11 +495,9 @@ def _charts(length: str, windows: list[dict], keys: list[tuple], data: dict) -> 
         out.append(f"<p class=\"note\">Heat maps of {len(keys) - len(shown)} older version(s)/arm(s) not drawn: "
                    f"{_e(', '.join(_series_label(*k) for k in keys[len(shown):]))}.</p>")
     out.append("</div>")
-    fig = _timeline(windows, keys, data, step, x0, x1, colours)
     out += ["<h2>ROC AUC, volume, latency and alerts over time</h2>",
             "<figure id=\"timeline\">",
-            _img(fig, "timeline-chart", "realized and estimated ROC AUC per version, labelled rows, volume, latency "
-                 "and alerts over time"),
+            _timeline(windows, keys, data, step, axis, colours),
             "<figcaption>ROC AUC: realized on the labelled rows (markers, labelled rows written by them when few) "
             "and estimated from the predictions alone (dotted); dashed: the version's reference (test) ROC AUC when "
             "the store holds it. Alerts: filled markers are open, hollow ones acknowledged; open alerts are also "
@@ -400,77 +511,100 @@ def _colours(versions: list[str]) -> dict[str, str]:
     return {v: palette[i % len(palette)] for i, v in enumerate(versions)}
 
 
-def _heatmap(rows: list, step: timedelta, x0: float, x1: float):
-    import matplotlib.dates as mdates
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.figure import Figure
+def _interpolated(stops: list[str], n: int) -> list[str]:
+    rgb = [tuple(int(s[i:i + 2], 16) for i in (1, 3, 5)) for s in stops]
+    out = []
+    for j in range(n):
+        pos = j / (n - 1) * (len(rgb) - 1)
+        i = min(int(pos), len(rgb) - 2)
+        f = pos - i
+        out.append("#" + "".join(f"{round(a + (b - a) * f):02x}" for a, b in zip(rgb[i], rgb[i + 1])))
+    return out
 
+
+# ColorBrewer's RdYlGn reversed, in 65 steps: equal colours for close ratios keep the page small
+_HEAT = _interpolated(["#006837", "#1a9850", "#66bd63", "#a6d96a", "#d9ef8b", "#ffffbf", "#fee08b", "#fdae61",
+                       "#f46d43", "#d73027", "#a50026"], 65)
+NO_STATISTIC = "#d9d9d9"
+
+
+def _heat_position(ratio: float) -> float:
+    """Where a ratio sits on the colour scale: two slopes, 1 (the threshold) at the centre, RATIO_MAX at the top."""
+    v = min(max(ratio, 0.0), RATIO_MAX)
+    return v / 2 if v <= 1 else 0.5 + 0.5 * (v - 1) / (RATIO_MAX - 1)
+
+
+def _heat(ratio: float) -> str:
+    return _HEAT[round(_heat_position(ratio) * (len(_HEAT) - 1))]
+
+
+def _heatmap(rows: list, step: timedelta, axis: _Axis, ident: str, label: str, attrs: str) -> str:
+    """Features (then the prediction) in rows, one cell a drift row at its window's place on the time axis, so a
+    gap in the traffic stays blank; a cross on a drifted cell; the colour bar on the right."""
     order = {c: i for i, c in enumerate(store.INPUT_COLUMNS)}
     features = sorted({r[3] for r in rows}, key=lambda c: (c == PREDICTION, order.get(c, len(order)), c))
     row_of = {c: i for i, c in enumerate(features)}
-    starts = sorted({r[2] for r in rows})
-    # columns on the time axis: one a window, and one blank column for each gap between windows
-    edges, col_of, gaps = [starts[0]], {}, []
-    for s in starts:
-        if s > edges[-1]:
-            gaps.append((edges[-1], s))
-            edges.append(s)
-        col_of[s] = len(edges) - 1
-        edges.append(s + step)
-    grid = np.full((len(features), len(edges) - 1), np.nan)
-    marks_x, marks_y = [], []
-    for _, _, ws, column, ratio, drifted in rows:
-        r, c = row_of[column], col_of[ws]
+    top = 8
+    row_h = max(ROW_PX, 5 * ROW_PX / len(features))
+    bottom = top + row_h * len(features)
+    tips = len(rows) <= MAX_CELL_TITLES
+    cells, crosses = [], []
+    cell_w = axis.x(axis.t0 + step) - axis.x(axis.t0)
+    arm = min(0.3 * cell_w, 0.3 * row_h, 4.0)
+    x_of = {ws: axis.x(ws) for ws in {r[2] for r in rows}}
+    # the attributes shared by a row's or a column's cells, formatted once (thousands of cells)
+    size = f'width="{_n(cell_w + 0.5)}" height="{_n(row_h + 0.5)}"'  # half a pixel over the next: no seams
+    x_attr = {ws: f'<rect x="{_n(x)}" ' for ws, x in x_of.items()}
+    y_attr = [f'y="{_n(top + i * row_h)}" {size} fill="' for i in range(len(features))]
+    for _, _, ws, column, ratio, drifted in sorted(rows, key=lambda r: (row_of[r[3]], r[2])):
         v = _num(ratio)
-        if v is not None:
-            grid[r, c] = min(max(v, 0.0), RATIO_MAX)
+        rect = f'{x_attr[ws]}{y_attr[row_of[column]]}{NO_STATISTIC if v is None else _heat(v)}"'
+        if tips:
+            value = "no statistic" if v is None else f"{v:.2f} of the threshold" + (", drifted" if drifted else "")
+            rect += f"><title>{_e(column)}, {_e(_ts(ws))}: {value}</title></rect>"
+        else:
+            rect += "/>"
+        cells.append(rect)
         if drifted:
-            marks_x.append(ws + step / 2)
-            marks_y.append(r + 0.5)
-    height = 0.9 + 0.17 * len(features)
-    fig = Figure(figsize=(FIG_WIDTH, height))
-    fig.subplots_adjust(left=LEFT, right=RIGHT, top=1 - 0.15 / height, bottom=0.55 / height)
-    ax = fig.add_subplot()
-    cmap = colormaps["RdYlGn_r"].with_extremes(bad="#d9d9d9")
-    xe = mdates.date2num(np.array(edges, dtype="datetime64[us]"))
-    mesh = ax.pcolorfast(xe, np.arange(len(features) + 1), np.ma.masked_invalid(grid), cmap=cmap,
-                         norm=TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=RATIO_MAX))
-    for a, b in gaps:  # no windows there: blank, not grey (grey is a window without a statistic)
-        ga, gb = mdates.date2num(np.array([a, b], dtype="datetime64[us]"))
-        ax.axvspan(ga, gb, color="white", zorder=2)
-    if marks_x:
-        span_pt = FIG_WIDTH * 72 * (RIGHT - LEFT) * (step.total_seconds() / 86400) / max(x1 - x0, 1e-9)
-        size = min(max(0.6 * min(span_pt, 0.17 * 72), 1.5), 7.0) ** 2
-        ax.scatter(mdates.date2num(np.array(marks_x, dtype="datetime64[us]")), marks_y, marker="x", s=size,
-                   c="black", linewidths=0.7)
-    ax.set_ylim(len(features), 0)
-    ax.set_yticks(np.arange(len(features)) + 0.5, [c if c != PREDICTION else f"{c} (prediction)" for c in features],
-                  fontsize=7)
+            cx, cy = x_of[ws] + cell_w / 2, top + (row_of[column] + 0.5) * row_h
+            crosses.append(f"M{_n(cx - arm)} {_n(cy - arm)}l{_n(2 * arm)} {_n(2 * arm)}"
+                           f"m0 {_n(-2 * arm)}l{_n(-2 * arm)} {_n(2 * arm)}")
+    body = [f'<g class="cells" shape-rendering="crispEdges">{"".join(cells)}</g>']
+    if crosses:
+        body.append(f'<path class="marks" stroke="#000" stroke-width="0.8" d="{"".join(crosses)}"/>')
     if PREDICTION in row_of and len(features) > 1:
-        ax.axhline(row_of[PREDICTION], color="black", linewidth=0.8)
-    _time_axis(ax, x0, x1)
-    ax.grid(False)
-    ax.tick_params(axis="x", labelsize=8)
-    cax = fig.add_axes([RIGHT + 0.015, 0.55 / height, 0.01, 1 - 0.7 / height])
-    bar = fig.colorbar(mesh, cax=cax)
-    bar.set_label("statistic / threshold", fontsize=7)
-    bar.ax.tick_params(labelsize=7)
-    return fig
+        y = _n(top + row_of[PREDICTION] * row_h)
+        body.append(f'<path stroke="#000" stroke-width="1.2" d="M{PLOT_LEFT} {y}H{PLOT_RIGHT}"/>')
+    body.append(_frame(top, bottom - top))
+    for c, i in row_of.items():
+        body.append(_text(PLOT_LEFT - 5, top + (i + 0.5) * row_h + 3.5, c if c != PREDICTION else f"{c} (prediction)",
+                          "end", "small"))
+    body += _x_axis(axis, top, bottom, labels=True, grid=False)
+    # the colour bar: bands of the scale, ticks at 0, 0.5, 1 (the threshold), 2 and RATIO_MAX
+    bx, n = PLOT_RIGHT + 16, 32
+    band = (bottom - top) / n
+    body.append('<g shape-rendering="crispEdges">' + "".join(
+        f'<rect x="{bx}" y="{_n(bottom - (j + 1) * band)}" width="12" height="{_n(band + 0.5)}" '
+        f'fill="{_HEAT[round((j + 0.5) / n * (len(_HEAT) - 1))]}"/>' for j in range(n)) + "</g>")
+    body.append(f'<rect x="{bx}" y="{top}" width="12" height="{_n(bottom - top)}" fill="none" stroke="#999"/>')
+    for v in (0.0, 0.5, 1.0, 2.0, RATIO_MAX):
+        y = bottom - _heat_position(v) * (bottom - top)
+        body.append(f'<path stroke="#555" d="M{bx + 12} {_n(y)}h3"/>' + _text(bx + 18, y + 3.5, f"{v:g}", cls="small"))
+    mid = (top + bottom) / 2
+    body.append(_text(bx + 48, mid, "statistic / threshold", "middle", "small",
+                      f' transform="rotate(-90 {bx + 48} {_n(mid)})"'))
+    return _svg(ident, bottom + 34, label, body, "chart heatmap", attrs)
 
 
-def _timeline(windows: list[dict], keys: list[tuple], data: dict, step: timedelta, x0: float, x1: float,
-              colours: dict[str, str]):
-    import matplotlib.dates as mdates
-    import numpy as np
-    from matplotlib.figure import Figure
+def _timeline(windows: list[dict], keys: list[tuple], data: dict, step: timedelta, axis: _Axis,
+              colours: dict[str, str]) -> str:
+    """Panels stacked on the time axis: ROC AUC, labelled rows, volume, latency, alerts; legends on the right."""
 
     def xs(ws):
-        return mdates.date2num(np.array([w["window_start"] + step / 2 for w in ws], dtype="datetime64[us]"))
+        return [axis.x(w["window_start"] + step / 2) for w in ws]
 
     def ys(ws, field):
-        return np.array([np.nan if _num(w.get(field)) is None else float(w[field]) for w in ws])
+        return [_num(w.get(field)) for w in ws]
 
     def with_gaps(ws):
         """The windows with an empty one in each gap, so that lines break where there was no traffic."""
@@ -481,104 +615,144 @@ def _timeline(windows: list[dict], keys: list[tuple], data: dict, step: timedelt
             out.append(w)
         return out
 
+    def lines(specs):
+        """(label, windows, field, colour, dash, width, marker) with some value: drawn, and in the legend."""
+        return [s for s in specs if any(v is not None for v in ys(s[1], s[2]))]
+
     series = {k: with_gaps([w for w in windows if (w["model_version"], w["arm"]) == k]) for k in keys}
     service = with_gaps([w for w in windows if w["model_version"] == store.ALL])
     alerts = [a for a in data["alerts"] if isinstance(a.window_start, datetime)]
     rules = sorted({a.rule for a in alerts})
-    ratios = [3.2, 1.1, 1.3, 1.3, 0.35 + 0.22 * max(len(rules), 1)]
-    height = 1.0 + sum(ratios) * 1.0
-    fig = Figure(figsize=(FIG_WIDTH, height))
-    fig.subplots_adjust(left=LEFT, right=RIGHT, top=1 - 0.25 / height, bottom=0.5 / height, hspace=0.18)
-    axes = fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})
-    ax_auc, ax_lab, ax_vol, ax_lat, ax_alert = axes
-
-    # ROC AUC: realized (markers), estimated (dotted), reference (dashed)
-    for k, ws in series.items():
-        colour, marker = colours[k[0]], ARM_MARKERS.get(k[1], "D")
-        x, realized, estimated = xs(ws), ys(ws, "roc_auc"), ys(ws, "estimated_roc_auc")
-        if np.isfinite(realized).any():
-            ax_auc.plot(x, realized, color=colour, marker=marker, markersize=4, linewidth=1.4,
-                        label=f"{_series_label(*k)} realized")
-            points = [(xi, yi, w.get("labelled")) for xi, yi, w in zip(x, realized, ws) if np.isfinite(yi)]
-            if len(points) <= ANNOTATE_MAX:
-                for xi, yi, n in points:
-                    ax_auc.annotate(f"n={n}", (xi, yi), textcoords="offset points", xytext=(0, 5), fontsize=6,
-                                    ha="center", color=colour)
-        if np.isfinite(estimated).any():
-            ax_auc.plot(x, estimated, color=colour, linestyle=":", marker=".", markersize=3, linewidth=1.2,
-                        label=f"{_series_label(*k)} estimated")
-    for version in sorted({k[0] for k in keys}):
-        ref = data["references"].get(version)
-        if ref is not None:
-            ax_auc.axhline(ref, color=colours[version], linestyle="--", linewidth=1.0,
-                           label=f"{version} reference {ref:.3f}")
-    ax_auc.set_ylabel("ROC AUC")
-    if not ax_auc.get_legend_handles_labels()[0]:
-        ax_auc.text(0.5, 0.5, "no realized or estimated ROC AUC yet", transform=ax_auc.transAxes, ha="center",
-                    va="center", color="#777")
-        ax_auc.set_ylim(0.4, 1.0)
-
-    # labelled rows
-    for k, ws in series.items():
-        ax_lab.plot(xs(ws), ys(ws, "labelled"), color=colours[k[0]], marker=ARM_MARKERS.get(k[1], "D"),
-                    markersize=2.5, linewidth=1.0, label=f"{_series_label(*k)}")
-    ax_lab.set_ylabel("labelled\nrows")
-    ax_lab.set_ylim(bottom=0)
-
-    # volume: the whole service when the request log gave its windows, else the served arms (no shadow)
     served = [k for k in keys if k[1] != "shadow"]
-    if service:
-        x = xs(service)
-        ax_vol.plot(x, ys(service, "requests"), color="black", linewidth=1.2, label="requests")
-        ax_vol.plot(x, ys(service, "rows"), color="#777", linestyle="--", linewidth=1.0, label="rows")
-        ax_vol.plot(x, ys(service, "errors"), color="#d62728", linewidth=1.0, label="failed requests")
-    if not service or len(served) > 1:
-        for k in served:
-            ax_vol.plot(xs(series[k]), ys(series[k], "rows"), color=colours[k[0]], linewidth=0.9, alpha=0.8,
-                        label=f"{_series_label(*k)} rows")
-    ax_vol.set_ylabel("volume")
-    ax_vol.set_ylim(bottom=0)
 
-    # latency: p50 solid, p99 dashed
-    lat = [("service", service, "black")] if service and np.isfinite(ys(service, "latency_p50_ms")).any() else \
+    labelled = lines([(_series_label(*k), ws, "labelled", colours[k[0]], "", 1.0, ARM_MARKERS.get(k[1], "D"))
+                      for k, ws in series.items()])
+    volume = lines(([("requests", service, "requests", "#000", "", 1.2, ""),
+                     ("rows", service, "rows", "#777", "5 3", 1.0, ""),
+                     ("failed requests", service, "errors", "#d62728", "", 1.0, "")] if service else [])
+                   + ([(f"{_series_label(*k)} rows", series[k], "rows", colours[k[0]], "", 0.9, "") for k in served]
+                      if not service or len(served) > 1 else []))
+    lat = [("service", service, "#000")] if any(v is not None for v in ys(service, "latency_p50_ms")) else \
         [(_series_label(*k), series[k], colours[k[0]]) for k in served]
-    for label, ws, colour in lat:
-        x = xs(ws)
-        ax_lat.plot(x, ys(ws, "latency_p50_ms"), color=colour, linewidth=1.1, label=f"{label} p50")
-        ax_lat.plot(x, ys(ws, "latency_p99_ms"), color=colour, linestyle="--", linewidth=1.0, label=f"{label} p99")
-    ax_lat.set_ylabel("latency\nms")
-    ax_lat.set_ylim(bottom=0)
+    latency = lines([spec for label, ws, colour in lat for spec in
+                     ((f"{label} p50", ws, "latency_p50_ms", colour, "", 1.1, ""),
+                      (f"{label} p99", ws, "latency_p99_ms", colour, "5 3", 1.0, ""))])
 
-    # alerts: one row a rule; open ones filled (and a faint line across the panels), acknowledged hollow
-    y_of = {r: i for i, r in enumerate(rules)}
-    if alerts:
-        ax_arr = mdates.date2num(np.array([a.window_start + STEPS.get(a.window_length, step) / 2 for a in alerts],
-                                          dtype="datetime64[us]"))
-        is_open = np.array([a.acked_at is None for a in alerts])
-        y_arr = np.array([y_of[a.rule] for a in alerts])
-        if is_open.any():
-            ax_alert.scatter(ax_arr[is_open], y_arr[is_open], marker="v", s=36, c="#d62728", label="open",
-                             zorder=3)
-            for panel in (ax_auc, ax_lab, ax_vol, ax_lat):
-                panel.vlines(np.unique(ax_arr[is_open]), 0, 1, transform=panel.get_xaxis_transform(), colors="#d62728",
-                             alpha=0.18, linewidth=1.0, zorder=0)
-        if (~is_open).any():
-            ax_alert.scatter(ax_arr[~is_open], y_arr[~is_open], marker="v", s=36, facecolors="none",
-                             edgecolors="#777", label="acknowledged", zorder=3)
-        ax_alert.set_yticks(range(len(rules)), rules, fontsize=7)
-        ax_alert.set_ylim(len(rules) - 0.5, -0.5)
+    # ROC AUC: realized (solid, markers by arm), estimated (dotted), each version's reference (dashed)
+    auc_lines, auc_values = [], []
+    for k, ws in series.items():
+        for field in ("roc_auc", "estimated_roc_auc"):
+            if any(v is not None for v in ys(ws, field)):
+                auc_lines.append((k, ws, field))
+                auc_values += [v for v in ys(ws, field) if v is not None]
+    refs = {v: data["references"][v] for v in sorted({k[0] for k in keys}) if v in data["references"]}
+    auc_values += list(refs.values())
+
+    def legend_rows(n):
+        return 14 + 13 * n
+
+    heights = [max(220, legend_rows(2 * len(auc_lines) + len(refs))), max(80, legend_rows(len(labelled))),
+               max(90, legend_rows(len(volume))), max(90, legend_rows(len(latency))), 14 + 18 * max(len(rules), 1)]
+    tops, at = [], 10
+    for h in heights:
+        tops.append(at)
+        at += h + 16
+    bottom = tops[-1] + heights[-1]
+    body = []
+    open_x = sorted({axis.x(a.window_start + STEPS.get(a.window_length, step) / 2) for a in alerts
+                     if a.acked_at is None})
+
+    def panel(i, ylabel, lo, hi, legend, empty):
+        """Frame, grid, y ticks, y label, legend (label, colour, dash or None, marker[, hollow]) and the faint
+        open-alert lines of panel i; returns value -> y."""
+        top, h = tops[i], heights[i]
+
+        def y(v):
+            return top + h * (1 - (v - lo) / (hi - lo))
+
+        body.extend(_x_axis(axis, top, top + h, labels=False, grid=True))
+        if open_x and i < 4:
+            body.append('<path class="alert-lines" stroke="#d62728" stroke-opacity="0.18" d="'
+                        + "".join(f"M{_n(x)} {top}v{h}" for x in open_x) + '"/>')
+        ticks = _nice_ticks(lo, hi) if legend and lo is not None else []
+        if ticks:
+            body.append('<path stroke="#555" d="' + "".join(f"M{PLOT_LEFT - 4} {_n(y(t))}h4" for t in ticks) + '"/>')
+            body.extend(_text(PLOT_LEFT - 6, y(t) + 3.5, _fmt(t, ticks), "end") for t in ticks)
+        mid = top + h / 2
+        body.append(_text(18, mid, ylabel, "middle", "", f' transform="rotate(-90 18 {_n(mid)})"'))
+        for j, (label, colour, dash, marker, *hollow) in enumerate(legend):
+            ly = top + 8 + 13 * j
+            body.append(_line([(PLOT_RIGHT + 10, ly), (PLOT_RIGHT + 32, ly)], colour, dash) if dash is not None else "")
+            if marker:
+                body.append(_marker(marker, PLOT_RIGHT + 21, ly, 3, "none" if hollow else colour, colour))
+            body.append(_text(PLOT_RIGHT + 37, ly + 3, label, cls="small"))
+        if not legend:
+            body.append(_text((PLOT_LEFT + PLOT_RIGHT) / 2, mid + 4, empty, "middle", "muted"))
+        return y
+
+    # ROC AUC
+    if auc_values:
+        lo, hi = min(auc_values), max(auc_values)
+        pad = max((hi - lo) * 0.1, 0.01)
+        lo, hi = lo - pad, hi + pad
     else:
-        ax_alert.set_yticks([])
-        ax_alert.text(0.5, 0.5, "no alerts", transform=ax_alert.transAxes, ha="center", va="center", color="#777")
-    ax_alert.set_ylabel("alerts")
+        lo, hi = 0.4, 1.0
+    legend = []
+    for k, ws, field in auc_lines:
+        marker = ARM_MARKERS.get(k[1], "D") if field == "roc_auc" else "o"
+        legend.append((f"{_series_label(*k)} {'realized' if field == 'roc_auc' else 'estimated'}", colours[k[0]],
+                       "" if field == "roc_auc" else "1.5 2.5", marker))
+    legend += [(f"{v} reference {ref:.3f}", colours[v], "5 3", "") for v, ref in refs.items()]
+    y = panel(0, "ROC AUC", lo, hi, legend, "no realized or estimated ROC AUC yet")
+    for v, ref in refs.items():
+        body.append(f'<path class="reference" data-version="{_e(v)}" stroke="{colours[v]}" stroke-dasharray="5 3" '
+                    f'd="M{PLOT_LEFT} {_n(y(ref))}H{PLOT_RIGHT}"/>')
+    for k, ws, field in auc_lines:
+        colour, values = colours[k[0]], ys(ws, field)
+        points = [(x, None if v is None else y(v)) for x, v in zip(xs(ws), values)]
+        kind = "realized" if field == "roc_auc" else "estimated"
+        group = [f'<g class="{kind}" data-version="{_e(k[0])}" data-arm="{_e(k[1])}">',
+                 _line(points, colour, "" if kind == "realized" else "1.5 2.5", 1.4 if kind == "realized" else 1.2)]
+        shown = [(x, py, v, w) for (x, py), v, w in zip(points, values, ws) if v is not None]
+        for x, py, v, w in shown:
+            tip = "" if len(shown) > MAX_POINT_TITLES else \
+                f"{_series_label(*k)} {_ts(w['window_start'])}: {kind} ROC AUC {v:.4f}" + \
+                (f" (n={w.get('labelled')})" if kind == "realized" else "")
+            group.append(_marker(ARM_MARKERS.get(k[1], "D"), x, py, 3, colour, colour, "pt", tip) if kind == "realized"
+                         else _marker("o", x, py, 1.6, colour, colour, "pt", tip))
+        if kind == "realized" and len(shown) <= ANNOTATE_MAX:
+            group += [_text(x, py - 6, f"n={w.get('labelled')}", "middle", "tiny", f' fill="{colour}"')
+                      for x, py, _, w in shown]
+        body += group + ["</g>"]
 
-    for panel, what in ((ax_vol, "no volume: only shadow scores"), (ax_lat, "no latency measured")):
-        if not panel.get_legend_handles_labels()[0]:
-            panel.text(0.5, 0.5, what, transform=panel.transAxes, ha="center", va="center", color="#777")
-    for panel in axes:
-        _time_axis(panel, x0, x1)
-        panel.tick_params(labelsize=8)
-        if panel.get_legend_handles_labels()[0]:
-            panel.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False,
-                         borderaxespad=0.0)
-    return fig
+    # labelled rows, volume, latency: lines from 0 up
+    for i, ylabel, specs, empty in ((1, "labelled rows", labelled, "no labelled rows yet"),
+                                    (2, "volume", volume, "no volume: only shadow scores"),
+                                    (3, "latency ms", latency, "no latency measured")):
+        top_value = max([v for s in specs for v in ys(s[1], s[2]) if v is not None] + [0.0])
+        y = panel(i, ylabel, 0.0, top_value * 1.08 or 1.0,
+                  [(label, colour, dash, marker) for label, _, _, colour, dash, _, marker in specs], empty)
+        for label, ws, field, colour, dash, width, marker in specs:
+            points = [(x, None if v is None else y(v)) for x, v in zip(xs(ws), ys(ws, field))]
+            body.append(_line(points, colour, dash, width))
+            if marker:
+                body += [_marker(marker, x, py, 1.8, colour, colour) for x, py in points if py is not None]
+
+    # alerts: one row a rule; open ones filled red, acknowledged ones hollow grey
+    legend = [("open", "#d62728", None, "v")] if open_x else []
+    legend += [("acknowledged", "#777", None, "v", True)] if any(a.acked_at is not None for a in alerts) else []
+    panel(4, "alerts", None, None, legend, "no alerts")
+    for j, rule in enumerate(rules):
+        body.append(_text(PLOT_LEFT - 6, tops[4] + 19.5 + 18 * j, rule, "end", "small"))
+    for a in sorted(alerts, key=lambda a: a.acked_at is None):  # open ones on top
+        x = axis.x(a.window_start + STEPS.get(a.window_length, step) / 2)
+        is_open = a.acked_at is None
+        body.append(_marker("v", x, tops[4] + 16 + 18 * rules.index(a.rule), 4.5,
+                            "#d62728" if is_open else "none", "#d62728" if is_open else "#777",
+                            f"alert {'open' if is_open else 'acked'}",
+                            f"{a.rule}, {a.model_version} ({a.arm}), {_ts(a.window_start)}: {a.message}",
+                            f' data-alert-id="{_e(a.alert_id)}"'))
+    body += _x_axis(axis, tops[4], bottom, labels=True, grid=False)
+    body += [_frame(t, h) for t, h in zip(tops, heights)]
+    return _svg("timeline-chart", bottom + 34, "realized and estimated ROC AUC per version, labelled rows, volume, "
+                "latency and alerts over time", body)
