@@ -55,7 +55,9 @@ lock: ## re-resolve requirements-dev.in + pyproject.toml into requirements.lock 
 bench: install ## pipeline speed and memory against plain Ploomber (minutes)
 	$(BIN)/python bench/pipeline.py
 
-bench-serving: install ## service throughput and latency against bare Starlette (needs wrk)
+bench-serving: install ## service throughput and latency against bare Starlette (installs wrk when missing)
+	@command -v wrk >/dev/null || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python bench/serving.py
 
 serve: install ## serve the champion on 127.0.0.1:3000

@@ -1,11 +1,11 @@
-"""The baseline of bench/serving.py: the same model behind bare Starlette + uvicorn, nothing else.
+"""The baseline of bench/serving.py: the same compiled model and feature code (``registry.inference.Scorer``)
+behind bare Starlette + uvicorn, nothing else (no validation, no logging, no metrics).
 
     python bench/bare_app.py TAG PORT    (BENTOML_HOME and MLOPS_NB_SETTINGS point at the project)
 """
 import json
 import sys
 
-import pandas as pd
 import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -14,19 +14,20 @@ from threadpoolctl import threadpool_limits
 
 from mlops_nb import registry
 from mlops_nb.data import warehouse
-from mlops_nb.lib.model import predict_proba
-from mlops_nb.lib.transforms import RECORD
+from mlops_nb.registry import inference
 
 threadpool_limits(1)  # as the service does: the same model, configured the same way
 with warehouse.connect() as con:
     estimator, info = registry.load_version(con, sys.argv[1])
+blob = registry.load_compiled(sys.argv[1], info)
+SCORER = inference.Scorer(estimator, inference.Compiled(blob) if blob else None,
+                          (info.get("compiled") or {}).get("max_rows", 0))
 VERSION = sys.argv[1].split(":")[1]
 
 
 async def predict(request):
-    body = json.loads(await request.body())
-    frame = pd.DataFrame.from_records(body["flights"], columns=list(RECORD))
-    p = predict_proba(estimator, frame)
+    records = json.loads(await request.body())["flights"]
+    p = SCORER.predict(records)
     return Response(json.dumps({"model_version": VERSION, "p_late": p.tolist(), "late": (p >= 0.5).tolist()}),
                     media_type="application/json")
 

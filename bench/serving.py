@@ -1,24 +1,26 @@
-"""Serving speed: our BentoML service against bare Starlette + uvicorn serving the same model.
+"""Serving speed: our BentoML service (compiled, and today's scikit-learn path) against bare Starlette
+serving the same compiled model with the same feature code.
 
-Builds a small project (3 months of flights) to get a champion, then starts, on 127.0.0.1:
-  ours      `mlops-nb serve` (BentoML), request profiling on
-  ours-np   the same with serving.profile_requests = false (what profiling costs)
-  bare      bench/bare_app.py: the same model, Starlette + uvicorn, no validation, no logging
-and measures each with wrk (POST /predict, one flight record), interleaved rounds whose order turns, at 1
-and 16 concurrent connections: throughput, p50 and p99 latency (medians over rounds). The profiling cost
-is judged on a direct measure: the CPU that recording a request costs (the hand-over, the recorder
-thread's prediction log, whylogs in the profiler process), from a recorder fed one-record requests at the
-rate the server reached, against the server's CPU a request. The server is CPU-bound at 16 concurrent,
-so its throughput falls by that share. End to end figures are printed beside it, as they are: CPU a
-request of the servers' process trees over the whole phase, and the throughput of paired rounds; on a VM
-with CPU steal one 10 s round varies by +-10% and more, beyond the 3% to resolve. Then /predict_batch
-rows per second.
+Builds a small project (3 months of flights) to get a champion (the gate compiles it), then, one server at a
+time on 127.0.0.1 (no two measured servers share the 2 cores):
+  ours          `mlops-nb serve`: compiled inference, request profiling on
+  ours-sklearn  the same with serving.compiled = false (scikit-learn on the NumPy input)
+  ours-noprof   ours with serving.profile_requests = false (what profiling costs)
+  bare          bench/bare_app.py: Starlette + uvicorn, the same Scorer (compiled), no validation, no logging
+For each round (the servers' order turns each round) a server is started, warmed up, measured with wrk
+(POST /predict, one flight record) at 1 and 16 concurrent connections, then left idle until its recorder
+and profiler are done (PROFILE_SECONDS and a margin), its process tree's CPU read, and stopped, before
+the next one starts. Figures are medians over rounds. The profiling cost is end to end: server CPU a
+request at 16 concurrent, process tree (workers and the whylogs profiler), ours against ours-noprof.
+Then POST /predict_batch with 10,000 rows a request (ours and ours-sklearn, 2 concurrent), and in process
+the model-only time of one row: the classifier's predict_proba against the compiled form.
 
-Targets (issue #3): ours >= 0.8x bare throughput at 16 concurrent; ours p99 at 1 concurrent <= 3x bare's;
-profiling costs < 3% of throughput.
+Targets (issue #9), as ratios of the same run: ours at 16 concurrent >= 8x the requests/s of ours-sklearn;
+>= 0.8x bare; p99 at 1 concurrent <= 3x bare's; model-only one row >= 50x faster compiled; /predict_batch
+rows/s not below ours-sklearn's; profiling < 3% of the server's CPU a request.
 
-    .venv/bin/python bench/serving.py [--seconds 8] [--rounds 3]
-Needs wrk (Debian package `wrk`).
+    .venv/bin/python bench/serving.py [--seconds 8] [--rounds 3] [--json]
+Needs wrk (Debian package `wrk`; `make bench-serving` installs it).
 """
 from __future__ import annotations
 
@@ -37,8 +39,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mlops_nb.serving.recorder import PROFILE_SECONDS
-
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SAMPLE = ["-p", "data.months=1-3", "-p", "split.train_months=1", "-p", "split.valid_months=2",
@@ -47,6 +47,7 @@ RECORD = {"year": 2013, "month": 3, "day": 14, "sched_dep_time": 1725, "sched_ar
           "origin": "EWR", "dest": "ORD", "distance": 719.0, "plane_year": 2004.0, "plane_seats": 191.0,
           "temp": 41.0, "dewp": 30.0, "humid": 64.0, "wind_dir": 300.0, "wind_speed": 12.7, "precip": 0.0,
           "pressure": 1021.0, "visib": 10.0}
+BATCH_ROWS = 10_000
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[%s]]
@@ -75,13 +76,18 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def wrk(url: str, script: Path, conns: int, seconds: int) -> dict:
     out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, timeout=seconds + 60).stdout
+                         capture_output=True, text=True, timeout=seconds + 120).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     lat = {p: _ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "99")}
     return {"rps": rps, "requests": requests, "p50": lat["50"], "p99": lat["99"],
             "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
 def tree_cpu(pid: int) -> float:
@@ -99,52 +105,65 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
-def recorder_cpu(folder: Path, requests: int, rate: float) -> float:
-    """CPU seconds a request that recording one-record requests at ``rate`` a second costs: the hot path's
-    hand-over and the recorder thread (prediction log) in this process, whylogs in the profiler process.
-    Once-a-worker costs are left out: the profiler's start-up and whylogs' import (a warm-up row goes
-    first), its exit, and the pacing loop's own CPU (measured alone)."""
-    import numpy as np
-    import psutil
-
-    from mlops_nb.serving.recorder import Recorder
-
-    def pace(recorder) -> None:
-        started = time.monotonic()
-        for i in range(requests):
-            if recorder is not None:
-                recorder.record(f"{i:016x}", "bench", "champion", [dict(RECORD)], np.array([0.25]))
-            time.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
-
-    before = time.process_time()
-    pace(None)
-    loop = time.process_time() - before
-    recorder = Recorder(folder, 60).start()
-    recorder.record("warm-up", "bench", "champion", [dict(RECORD)], np.array([0.25]))
-    time.sleep(PROFILE_SECONDS + 5)  # the warm-up row reached the profiler, which imported whylogs for it
-    profiler = next(p for p in psutil.Process().children() if "mlops_nb.serving.profiler" in p.cmdline())
-    child, here = sum(profiler.cpu_times()[:2]), time.process_time()
-    pace(recorder)
-    time.sleep(PROFILE_SECONDS + 5)  # the last rows are logged, sent and profiled
-    here = time.process_time() - here - loop
-    child = sum(profiler.cpu_times()[:2]) - child
-    recorder.close()
-    return (here + child) / requests
+def model_only(project: Path, env: dict) -> dict:
+    """One row, the classifier alone (single-threaded, as served): scikit-learn against the compiled form,
+    in a child process with the project's settings (the median of 2,000 calls each)."""
+    code = """
+import json, time, statistics
+from threadpoolctl import threadpool_limits
+from mlops_nb import config, registry
+from mlops_nb.data import warehouse
+from mlops_nb.registry import inference
+from mlops_nb.lib.transforms import record_arrays
+record = json.loads(__import__("sys").argv[1])
+settings = config.load()
+config.use_bentoml_home(settings.path("bentoml_home"))
+with warehouse.connect(settings=settings) as con:
+    entry = registry.served(con)["champion"]
+estimator, info = registry.load(entry["tag"], entry["sha256"])
+compiled = inference.Compiled(registry.load_compiled(entry["tag"], info))
+plan = inference.encoding_plan(estimator)
+X = plan.matrix(record_arrays([record]))
+def median_ms(f):
+    for _ in range(200):
+        f()
+    times = []
+    for _ in range(2000):
+        t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+with threadpool_limits(1):
+    print(json.dumps({"sklearn_ms": median_ms(lambda: plan.classifier.predict_proba(X)),
+                      "compiled_ms": median_ms(lambda: compiled.predict(X)),
+                      "max_rows": info["compiled"]["max_rows"]}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(RECORD)], cwd=project, env=env, check=True,
+                         capture_output=True, text=True, timeout=600).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> int:
+    from mlops_nb.serving.recorder import PROFILE_SECONDS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="one JSON object with the figures and ratios")
     args = ap.parse_args()
     if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed: apt-get install wrk")
-    procs = []
+        raise SystemExit("wrk is not installed: apt-get install wrk (or `make bench-serving`)")
+    say = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     with tempfile.TemporaryDirectory(prefix="mlops-nb-bench-serving-") as tmp:
         tmp = Path(tmp)
         project = tmp / "project"
@@ -159,85 +178,88 @@ def main() -> int:
         tag = json.loads(subprocess.run([str(BIN / "mlops-nb"), "models", "show", "champion", "--json"],
                                         cwd=project, env=env, check=True, capture_output=True,
                                         text=True).stdout)["tag"]
-        ports = {name: free_port() for name in ("ours", "ours-np", "bare")}
         servers = {
-            "ours": ([str(BIN / "mlops-nb"), "serve", "--port", str(ports["ours"])], {}),
-            "ours-np": ([str(BIN / "mlops-nb"), "serve", "--port", str(ports["ours-np"])],
-                        {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false"}),
-            "bare": ([sys.executable, str(ROOT / "bench" / "bare_app.py"), tag, str(ports["bare"])],
+            "ours": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"], {}),
+            "ours-sklearn": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"],
+                             {"MLOPS_NB_SERVING__COMPILED": "false"}),
+            "ours-noprof": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"],
+                            {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false"}),
+            "bare": ([sys.executable, str(ROOT / "bench" / "bare_app.py"), tag, "{port}"],
                      {"BENTOML_HOME": str(project / "data" / "bentoml")}),
         }
-        try:
-            for name, (cmd, extra) in servers.items():
-                p = subprocess.Popen(cmd, cwd=project, env={**env, **extra}, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-                procs.append(p)
-                wait_ready(f"http://127.0.0.1:{ports[name]}/readyz", p)
-            one = tmp / "one.lua"
-            one.write_text(LUA % json.dumps({"flights": [RECORD]}))
-            results: dict = {}
-            names = list(servers)
-            pids = dict(zip(servers, (p.pid for p in procs)))
-            cpu: dict[str, float] = {}
-            for conns in (1, 16):
-                if conns == 16:
-                    cpu = {name: -tree_cpu(pid) for name, pid in pids.items()}
-                for i in range(args.rounds):  # the order turns each round: no server always goes first
-                    for name in names[i % len(names):] + names[:i % len(names)]:
-                        r = wrk(f"http://127.0.0.1:{ports[name]}/predict", one, conns, args.seconds)
-                        results.setdefault((name, conns), []).append(r)
-            time.sleep(PROFILE_SECONDS + 3)  # the recorder's last rows reach the profiler, and are profiled
-            cpu = {name: cpu[name] + tree_cpu(pid) for name, pid in pids.items()}
-            print(f"POST /predict, one record, {args.rounds} interleaved rounds of {args.seconds} s (medians):")
-            print(f"  {'server':<8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-            med = {}
-            for (name, conns), rs in results.items():
-                med[(name, conns)] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
-                m = med[(name, conns)]
-                print(f"  {name:<8} {conns:>5} {m['rps']:9.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
-                      f"{sum(r['errors'] for r in rs):>8}")
-            tput = med[("ours", 16)]["rps"] / med[("bare", 16)]["rps"]
-            p99 = med[("ours", 1)]["p99"] / med[("bare", 1)]["p99"]
-            # paired: each round's ours against the same round's ours-np, so slow spells of the VM cancel
-            paired = [1 - a["rps"] / b["rps"] for a, b in zip(results[("ours", 16)], results[("ours-np", 16)])]
-            # CPU a request over the whole 16-concurrent phase, idle gaps included (the profiler works late)
-            per_request = {name: cpu[name] / sum(r["requests"] for r in results[(name, 16)]) for name in cpu}
-            cost = per_request["ours"] / per_request["ours-np"] - 1
-            print("ratios:")
-            print(f"  throughput at 16 concurrent, ours / bare: {tput:.2f}x  (target >= 0.80: "
-                  f"{'met' if tput >= 0.8 else 'MISSED'})")
-            print(f"  p99 at 1 concurrent, ours / bare:         {p99:.2f}x  (target <= 3.0: "
-                  f"{'met' if p99 <= 3 else 'MISSED'})")
-            print(f"  profiling cost at 16 concurrent, end to end: {cost * 100:.1f}% more server CPU a request")
-            print("    server CPU a request (ms): " + ", ".join(f"{n} {v * 1e3:.2f}" for n, v in per_request.items()))
-            print(f"    throughput, paired rounds: median {statistics.median(paired) * 100:.1f}% "
-                  f"(rounds: {', '.join(f'{c * 100:.1f}' for c in paired)}%)")
-
-            # The same cost measured directly: a recorder with its real profiler process, fed one-record
-            # requests for 10 s at the rate the server reached.
-            rate = med[("ours-np", 16)]["rps"]
-            n = int(rate * 10)
-            direct = recorder_cpu(tmp / "recorder", n, rate)
-            share = direct / per_request["ours-np"]
-            print(f"  profiling cost measured directly:         {share * 100:.1f}% of a request's CPU  (target < 3% "
-                  f"of throughput: {'met' if share < 0.03 else 'MISSED'})")
-            print(f"    {direct * 1e6:.0f} us a request (hand-over, prediction log, whylogs), {n} requests at "
-                  f"{rate:.0f}/s, against {per_request['ours-np'] * 1e3:.2f} ms of server CPU a request")
-
-            batch = tmp / "batch.lua"
-            rows = 1000
-            batch.write_text(LUA % json.dumps({"columns": {k: [v] * rows for k, v in RECORD.items()}}))
-            r = wrk(f"http://127.0.0.1:{ports['ours']}/predict_batch", batch, 2, args.seconds)
-            print(f"POST /predict_batch, {rows} rows a request, 2 concurrent: {r['rps'] * rows:,.0f} rows/s "
-                  f"(p50 {r['p50']:.1f} ms, non-2xx {r['errors']})")
-        finally:
-            for p in procs:
+        one = tmp / "one.lua"
+        one.write_text(LUA % json.dumps({"flights": [RECORD]}))
+        batch = tmp / "batch.lua"
+        batch.write_text(LUA % json.dumps({"columns": {k: [v] * BATCH_ROWS for k, v in RECORD.items()}}))
+        results: dict = {}
+        batches: dict = {}
+        names = list(servers)
+        for i in range(args.rounds):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                cmd, extra = servers[name]
+                port = free_port()
+                proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], cwd=project,
+                                        env={**env, **extra, "MLOPS_NB_SERVING__MAX_ROWS": str(BATCH_ROWS)},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                 try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            for p in procs:
-                p.wait(timeout=30)
+                    url = f"http://127.0.0.1:{port}"
+                    wait_ready(f"{url}/readyz", proc)
+                    wrk(f"{url}/predict", one, 4, 2)  # warm-up
+                    time.sleep(1)
+                    for conns in (1, 16):
+                        before = tree_cpu(proc.pid)
+                        r = wrk(f"{url}/predict", one, conns, args.seconds)
+                        if name != "bare":  # let the recorder log and the profiler profile what came
+                            time.sleep(PROFILE_SECONDS + 4)
+                        r["cpu_ms"] = (tree_cpu(proc.pid) - before) / max(r["requests"], 1) * 1e3
+                        results.setdefault((name, conns), []).append(r)
+                        say(f"  round {i + 1} {name:<12} c={conns:<2} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms"
+                            f"  p99 {r['p99']:7.2f} ms  cpu {r['cpu_ms']:.3f} ms/request  non-2xx {r['errors']}")
+                    if name in ("ours", "ours-sklearn"):
+                        b = wrk(f"{url}/predict_batch", batch, 2, args.seconds)
+                        batches.setdefault(name, []).append(b["rps"] * BATCH_ROWS)
+                        say(f"  round {i + 1} {name:<12} /predict_batch {BATCH_ROWS} rows: "
+                            f"{b['rps'] * BATCH_ROWS:,.0f} rows/s (p50 {b['p50']:.0f} ms, non-2xx {b['errors']})")
+                finally:
+                    stop(proc)
+        model = model_only(project, env)
+
+    med = {f"{name} c={conns}": {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_ms")}
+           for (name, conns), rs in results.items()}
+    errors = sum(r["errors"] for rs in results.values() for r in rs)
+    rows_per_s = {name: statistics.median(v) for name, v in batches.items()}
+    ratios = {
+        "ours_vs_sklearn_rps_c16": med["ours c=16"]["rps"] / med["ours-sklearn c=16"]["rps"],
+        "ours_vs_bare_rps_c16": med["ours c=16"]["rps"] / med["bare c=16"]["rps"],
+        "ours_vs_bare_p99_c1": med["ours c=1"]["p99"] / med["bare c=1"]["p99"],
+        "model_only_speedup": model["sklearn_ms"] / model["compiled_ms"],
+        "batch_rows_vs_sklearn": rows_per_s["ours"] / rows_per_s["ours-sklearn"],
+        "profiling_cpu_share": med["ours c=16"]["cpu_ms"] / med["ours-noprof c=16"]["cpu_ms"] - 1,
+    }
+    targets = {"ours_vs_sklearn_rps_c16": (">=", 8.0), "ours_vs_bare_rps_c16": (">=", 0.8),
+               "ours_vs_bare_p99_c1": ("<=", 3.0), "model_only_speedup": (">=", 50.0),
+               "batch_rows_vs_sklearn": (">=", 1.0), "profiling_cpu_share": ("<", 0.03)}
+    met = {k: (ratios[k] >= t if op == ">=" else ratios[k] <= t if op == "<=" else ratios[k] < t)
+           for k, (op, t) in targets.items()}
+    report = {"rounds": args.rounds, "seconds": args.seconds, "servers": med, "non_2xx": errors,
+              "batch_rows_per_s": rows_per_s, "model_only_one_row": model, "ratios": ratios,
+              "targets": {k: f"{op} {t}" for k, (op, t) in targets.items()}, "met": met}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"POST /predict, one record, {args.rounds} rounds of {args.seconds} s, one server at a time (medians):")
+    print(f"  {'server':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11}")
+    for key, m in med.items():
+        print(f"  {key:<14} {m['rps']:9.0f} {m['p50']:8.2f} {m['p99']:8.2f} {m['cpu_ms']:11.3f}")
+    print(f"  non-2xx answers: {errors}")
+    print(f"POST /predict_batch, {BATCH_ROWS} rows a request, 2 concurrent: " +
+          ", ".join(f"{n} {v:,.0f} rows/s" for n, v in rows_per_s.items()))
+    print(f"model only, one row: scikit-learn {model['sklearn_ms']:.4f} ms, compiled {model['compiled_ms']:.4f} ms "
+          f"(compiled used up to {model['max_rows']} rows a request)")
+    print("ratios (target):")
+    for k, v in ratios.items():
+        op, t = targets[k]
+        print(f"  {k:<26} {v:8.3f}  ({op} {t}: {'met' if met[k] else 'MISSED'})")
     return 0
 
 

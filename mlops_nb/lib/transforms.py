@@ -11,7 +11,7 @@ import pandas as pd
 from .record import CATEGORICAL, LABEL, NUMERIC, RECORD, REQUIRED  # noqa: F401 (re-exported)
 
 # %% auto #0
-__all__ = ['record_frame', 'derive']
+__all__ = ['record_frame', 'record_arrays', 'derive_arrays', 'derive']
 
 # %% ../../notebooks/lib/00_transforms.ipynb #09652dc1
 def record_frame(rows) -> pd.DataFrame:
@@ -31,6 +31,22 @@ def record_frame(rows) -> pd.DataFrame:
             columns[name] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     return pd.DataFrame(columns, index=df.index, copy=False)
 
+
+def record_arrays(rows) -> dict:
+    "Validated records (a list of dicts, or a dict of columns with None for an absent one, as the service's schemas give them) as the record's columns in NumPy, without pandas: numbers float64 (NaN when missing), categories object (None when missing), as `record_frame` gives them."
+    as_list = isinstance(rows, list)
+    n = len(rows) if as_list else max(len(v) for v in rows.values() if v is not None)
+    columns = {}
+    for name, (kind, *_) in RECORD.items():
+        values = [r.get(name) for r in rows] if as_list else rows.get(name)
+        if values is None:
+            values = [None] * n
+        if kind == "category":
+            columns[name] = np.array(values, dtype=object)
+        else:
+            columns[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return columns
+
 # %% ../../notebooks/lib/00_transforms.ipynb #5445b229
 def _dates(year, month, day):
     "Calendar dates as datetime64[D]; NaT where the date does not exist (30 February, month 13, day 1.5) or a part is missing."
@@ -44,10 +60,8 @@ def _dates(year, month, day):
     return np.where(ok, dates, np.datetime64("NaT"))
 
 
-def derive(df: pd.DataFrame) -> pd.DataFrame:
-    "The model's inputs: the record plus calendar and clock features (pure, row by row: no leakage across rows)."
-    df = record_frame(df)
-    col = {name: df[name].to_numpy() for name in RECORD}
+def derive_arrays(col: dict) -> dict:
+    "The model's inputs from the record's columns (NumPy arrays, as `record_arrays` gives them): the one implementation of the features, for training (through `derive`) and for serving."
     dep, arr = col["sched_dep_time"], col["sched_arr_time"]
     dates = _dates(col["year"], col["month"], col["day"])
     days = dates.astype(np.int64).astype(np.float64)
@@ -64,4 +78,10 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     out["day_of_year"] = np.where(np.isnat(dates), np.nan, (dates - jan1).astype(np.int64) + 1.0)
     out["plane_age"] = col["year"] - col["plane_year"]
     out["overnight"] = np.where(np.isnan(arr) | np.isnan(dep), 0.0, (arr < dep).astype(np.float64))
-    return pd.DataFrame(out, index=df.index, copy=False)[CATEGORICAL + NUMERIC]
+    return {c: out[c] for c in CATEGORICAL + NUMERIC}
+
+
+def derive(df: pd.DataFrame) -> pd.DataFrame:
+    "The model's inputs: the record plus calendar and clock features (pure, row by row: no leakage across rows)."
+    df = record_frame(df)
+    return pd.DataFrame(derive_arrays({name: df[name].to_numpy() for name in RECORD}), index=df.index, copy=False)

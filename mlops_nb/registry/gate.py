@@ -7,8 +7,10 @@ writes them to its report, the registry and the run record.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import DataError
 from ..lib.record import LABEL, RECORD
+from ..lib.transforms import record_arrays, record_frame
 
 # Real-looking flights that every model must score: ordinary ones, a night flight over midnight, one with
 # nothing known of its plane or weather, and one from a carrier and to an airport it has never seen.
@@ -91,6 +94,81 @@ def reference_profiles(train: pd.DataFrame, test: pd.DataFrame, predictions, fol
     profiles.write(profiles.profile(train[list(RECORD)]), folder / TRAIN_PROFILE_FILE)
     profiles.write(profiles.profile(test[list(RECORD)].assign(p_late=predictions)), folder / "test_predictions.bin")
     return folder
+
+
+# The compiled form a version is served by (registry.inference): checked against scikit-learn to this tolerance
+# on every test row, and timed at these row counts.
+COMPILE_TOLERANCE = 1e-12
+COMPILE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def compile_model(pipeline, rows, threshold: float, tolerance: float = COMPILE_TOLERANCE) -> tuple[bytes | None, dict]:
+    """The version's compiled form for serving (``registry.inference``), and its report: (bytes or None,
+    report). Checked on the golden rows and ``rows`` (the test rows): the NumPy input equals the pipeline's
+    transform, the compiled probabilities are within ``tolerance`` of scikit-learn's with the same decisions
+    at ``threshold``; then timed against scikit-learn (``max_rows``: up to where it is the faster). A version
+    that fails a check gets no compiled form: scikit-learn serves it, and the report says why."""
+    from .inference import Compiled, encoding_plan
+
+    plan = encoding_plan(pipeline)
+    if plan is None:
+        kind = type(pipeline.steps[-1][1]).__name__
+        return None, {"status": "not compiled", "reason": f"{kind} pipelines are scored by scikit-learn"}
+    import treelite
+
+    frame = record_frame(pd.concat([pd.DataFrame(GOLDEN), record_frame(rows)], ignore_index=True))
+    columns = {c: frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in frame.columns}
+    report = {"library": f"treelite {treelite.__version__}", "rows_checked": len(frame), "tolerance": tolerance,
+              "threshold": threshold}
+    with threadpool_limits(1):
+        X = plan.matrix(record_arrays(columns))
+        expected = pipeline[:-1].transform(frame)
+        report["input_equal"] = bool(X.shape == expected.shape and np.array_equal(X, expected, equal_nan=True))
+        blob = treelite.sklearn.import_model(plan.classifier).serialize_bytes()
+        model = Compiled(blob)  # checked as it will be loaded and scored
+        p_sklearn = plan.classifier.predict_proba(X)[:, 1]
+        p_compiled = model.predict(X)
+        report["gtil_equal"] = bool(np.array_equal(p_compiled, np.asarray(treelite.gtil.predict(
+            model.model, X, nthread=1), dtype=np.float64).reshape(len(X))))
+        report["max_abs_diff"] = float(np.max(np.abs(p_sklearn - p_compiled))) if len(X) else 0.0
+        report["decisions_changed"] = int(np.sum((p_sklearn >= threshold) != (p_compiled >= threshold)))
+        problems = []
+        if not report["gtil_equal"]:
+            problems.append("the direct call differs from treelite.gtil.predict")
+        if not report["input_equal"]:
+            problems.append("the NumPy input differs from the pipeline's transform")
+        if not report["max_abs_diff"] <= tolerance:
+            problems.append(f"compiled and scikit-learn probabilities differ by {report['max_abs_diff']:.3g} "
+                            f"(> {tolerance:g})")
+        if report["decisions_changed"]:
+            problems.append(f"{report['decisions_changed']} decision(s) at threshold {threshold} differ")
+        if problems:
+            return None, {**report, "status": "failed check", "reason": "; ".join(problems)}
+        report.update(_crossover(plan, model, X))
+    return blob, {**report, "status": "compiled", "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def _crossover(plan, model, X: np.ndarray) -> dict:
+    """Up to how many rows the compiled form beats scikit-learn, timed on this machine (best of 3)."""
+    def best(f, rows):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            f(rows)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    timings, max_rows, ahead = {}, 0, True
+    reps = np.resize(X, (max(COMPILE_SIZES), X.shape[1]))
+    for n in COMPILE_SIZES:
+        rows = reps[:n]
+        t_sklearn = best(plan.classifier.predict_proba, rows)
+        t_compiled = best(model.predict, rows)
+        timings[str(n)] = {"sklearn_ms": round(t_sklearn * 1e3, 4), "compiled_ms": round(t_compiled * 1e3, 4)}
+        ahead = ahead and t_compiled < t_sklearn
+        if ahead:
+            max_rows = n
+    return {"max_rows": max_rows, "timings": timings}
 
 
 # The raw reference rows and the calibration map stored with a version (in its reference/ folder, beside the

@@ -2,8 +2,9 @@
 
 A model version is the BentoML tag ``<model_name>:<first 16 hex of the model file's sha256>``: the same
 trained bytes are the same version, registered once. The store's directory of a version holds the
-pickled model, its reference profiles (whylogs, written by ``profiles``) and ``model.json`` (metrics,
-lineage, parameters, feature schema), so `bentoml export` / a Bento carry all of it. The warehouse
+pickled model, its reference profiles (whylogs, written by ``profiles``), its compiled form for serving
+(``compiled.treelite``, when ``registry.inference`` could compile and check it) and ``model.json`` (metrics,
+lineage, parameters, feature schema, the compile report under ``compiled``), so `bentoml export` / a Bento carry all of it. The warehouse
 tables ``model_versions``, ``model_aliases`` and ``alias_audit`` say which version is the champion or
 the challenger and why; every alias change is one transaction (the alias and its audit row land
 together or not at all).
@@ -20,8 +21,8 @@ from pathlib import Path
 from .. import config
 from ..errors import MlopsNbError, NotFoundError, did_you_mean
 
-__all__ = ["ACTIONS", "ALIASES", "INFO_FILE", "MODEL_FILE", "PROFILES_DIR", "RegistryError", "Version", "aliases",
-           "audit", "champion", "diff", "expected_sha256", "load", "load_file", "load_version", "model_dir", "promote",
+__all__ = ["ACTIONS", "ALIASES", "COMPILED_FILE", "INFO_FILE", "MODEL_FILE", "PROFILES_DIR", "RegistryError", "Version", "aliases",
+           "audit", "champion", "diff", "expected_sha256", "load", "load_compiled", "load_file", "load_version", "model_dir", "promote",
            "record_gate", "reference_dir", "register", "registrations", "remove_unregistered", "resolve", "rollback",
            "save", "served", "set_alias", "show", "store_dirs", "versions"]
 
@@ -29,6 +30,7 @@ ALIASES = ("champion", "challenger")
 MODEL_FILE = "model.joblib"
 INFO_FILE = "model.json"
 PROFILES_DIR = "reference"
+COMPILED_FILE = "compiled.treelite"  # registry.inference.Compiled reads it
 
 
 class RegistryError(MlopsNbError):
@@ -58,9 +60,10 @@ class Version:
     aliases: list[str]
 
 
-def save(estimator_file: Path, info: dict, reference_dir: Path | None, model_name: str, store) -> str:
-    """Put a trained model (its file, info and reference profiles) into the BentoML store at ``store``;
-    returns the tag. The reference folder is moved into the store (or dropped when the same bytes are
+def save(estimator_file: Path, info: dict, reference_dir: Path | None, model_name: str, store,
+         compiled: bytes | None = None) -> str:
+    """Put a trained model (its file, info, reference profiles and compiled form) into the BentoML store at
+    ``store``; returns the tag. The reference folder is moved into the store (or dropped when the same bytes are
     already there: the existing version is kept as it is). Registration is separate (``record_gate``,
     when the run commits)."""
     import hashlib
@@ -80,6 +83,8 @@ def save(estimator_file: Path, info: dict, reference_dir: Path | None, model_nam
     metadata = {"model_sha256": digest, "metrics": info.get("metrics", {}), "lineage": info.get("lineage", {})}
     with bentoml.models.create(tag, labels=labels, metadata=_primitive(metadata)) as model:
         shutil.copy2(estimator_file, model.path_of(MODEL_FILE))
+        if compiled is not None:
+            Path(model.path_of(COMPILED_FILE)).write_bytes(compiled)
         Path(model.path_of(INFO_FILE)).write_text(json.dumps({**info, "model_sha256": digest}, indent=2,
                                                               sort_keys=True, default=str))
         if reference_dir is not None and Path(reference_dir).exists():
@@ -170,6 +175,26 @@ def load(tag: str, sha256: str, store=None):
     return load_file(d / MODEL_FILE, sha256), info
 
 
+def load_compiled(tag: str, info: dict, store=None) -> bytes | None:
+    """The compiled form of a version, when its compile report says it passed its checks; None otherwise.
+    Bytes that are not the ones the report recorded are refused, as the model file's are."""
+    import hashlib
+
+    from ..errors import DataError
+
+    report = info.get("compiled") or {}
+    if report.get("status") != "compiled":
+        return None
+    path = model_dir(tag, store=store) / COMPILED_FILE
+    blob = path.read_bytes()
+    found = hashlib.sha256(blob).hexdigest()
+    if found != report.get("sha256"):
+        raise DataError(f"The compiled model {path} is not the one that was checked: its sha256 is {found[:16]}..., "
+                        f"expected {str(report.get('sha256'))[:16]}.... Run the pipeline again (`mlops-nb run "
+                        "--force`) to rebuild it.")
+    return blob
+
+
 def load_file(path, sha256: str | None):
     """Unpickle a model file, refusing one whose bytes are not the ones recorded."""
     import hashlib
@@ -235,8 +260,8 @@ def register(con, tag: str, info: dict, gate: dict | None, run_id: str | None = 
         con.execute("INSERT INTO model_versions (version, tag, created_at, run_id, metrics, lineage, gate, sha256) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
             version, tag, _now(), run_id, json.dumps(info.get("metrics", {}), default=str),
-            json.dumps({k: info.get(k) for k in ("lineage", "params", "kind", "seed", "snapshot_id",
-                                                  "feature_set_id", "feature_schema", "model_sha256")}, default=str),
+            json.dumps({k: info.get(k) for k in ("lineage", "params", "kind", "seed", "snapshot_id", "feature_set_id",
+                                                  "feature_schema", "model_sha256", "compiled")}, default=str),
             json.dumps(gate, default=str) if gate is not None else None, sha256])
     if run_id is not None:
         con.execute("INSERT OR REPLACE INTO model_registrations VALUES (?, ?, ?, ?, ?, ?)", [

@@ -6,10 +6,16 @@ measures from the request's arrival (its headers read) to the last byte of the a
 server, takes the status from the answer's start and the request id from the answer's first bytes
 (``{"request_id":"<16 hex>"`` opens every prediction: no parsing), and hands a tuple to the recorder's
 queue. It never blocks, and nothing of its own can fail a request.
+
+``GetModel`` answers ``GET /model`` (the REST way to read a resource) beside BentoML's ``POST /model``:
+BentoML 1.4 routes every ``@bentoml.api`` as POST only (``_bentoml_impl.server.app``: ``methods=["POST"]``)
+and ``bentoml.api`` takes no method, so a GET is answered here, before BentoML's router, from the same
+description the POST returns.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 ANSWER_PREFIX = b'{"request_id":"'
@@ -63,3 +69,28 @@ class RequestLog:
                                            state["status"] or 500, (ended - started) * 1000.0)
             except Exception:  # the log must never fail a request
                 pass
+
+
+class GetModel:
+    """``GET <route>``: 200 and the JSON of ``source.describe()`` (None until the service has started:
+    503); any other request passes on, the POST included."""
+
+    def __init__(self, app, route, source):
+        self.app = app
+        self.route = route
+        self.source = source
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or scope.get("path") != self.route:
+            return await self.app(scope, receive, send)
+        describe = self.source.describe
+        if describe is None:
+            status, answer = 503, {"error": f"the service is starting: GET {self.route} answers once its models "
+                                            "are loaded; retry in a few seconds (GET /readyz says when)"}
+        else:
+            status, answer = 200, describe()
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode("ascii"))]})
+        await send({"type": "http.response.body", "body": body})

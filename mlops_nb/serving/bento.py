@@ -3,6 +3,10 @@
 A Bento must pin its model: ``build`` resolves the registry's aliases to exact tags now, writes them to
 ``pinned.json`` in a fresh build context with the package and the settings, and asks ``bentoml build``
 for those models only. Package locking is off (it would resolve against the index: no network here).
+
+A Bento runs anywhere: it carries its settings (every key, as loaded when it was built, overrides
+included) and reads them, never a project's (``config.serving_settings``); it never reads the run's
+inputs. ``bentoml export`` / ``bentoml import`` move it with its models to another store.
 """
 from __future__ import annotations
 
@@ -30,6 +34,14 @@ def tool_env(settings: config.Settings) -> dict:
     return config.tool_environment(settings)
 
 
+def bento_env(settings: config.Settings) -> dict:
+    """The environment of `bentoml serve TAG` from a project: only the model store, where the project keeps
+    its Bentos, comes from the project. The Bento reads the settings built into it (the user's MLOPS_NB_*
+    overrides still apply)."""
+    return config.child_environment({"BENTOML_DO_NOT_TRACK": "true",
+                                     "BENTOML_HOME": str(config.bentoml_home(settings))})
+
+
 def bentoml_cli() -> str:
     return str(Path(sys.executable).with_name("bentoml"))
 
@@ -51,8 +63,10 @@ def build(settings: config.Settings) -> str:
         shutil.copytree(PACKAGE_DIR, ctx / "mlops_nb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         for name in ("bentofile.yaml", "requirements.lock"):
             shutil.copy2(settings.root / name, ctx / name)
-        shutil.copy2(settings.file, ctx / "settings.ini")
-        (ctx / "pinned.json").write_text(json.dumps({"models": models}, indent=2, sort_keys=True))
+        (ctx / config.SETTINGS_FILE).write_text(settings.ini_text(
+            f"The settings this Bento was built with (mlops-nb build of {settings.file}): every key, with\n"
+            "the build's MLOPS_NB_* overrides. The service reads this file; MLOPS_NB_* where it runs override it."))
+        (ctx / config.PINNED_FILE).write_text(json.dumps({"models": models}, indent=2, sort_keys=True))
         spec = (ctx / "bentofile.yaml").read_text()
         spec += "models:\n" + "".join(f'  - "{tag}"\n' for tag in sorted({m["tag"] for m in models.values()}))
         (ctx / "bentofile.yaml").write_text(spec)

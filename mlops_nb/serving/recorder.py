@@ -9,8 +9,23 @@ work never holds the server's GIL: one rolling profile a worker and time window,
 final when the window ends or the worker shuts down.
 
     <serving_dir>/profiles/<window start>-<worker>.bin
-    <serving_dir>/predictions/<window start>-<worker>.jsonl
-    <serving_dir>/requests/<window start>-<worker>.jsonl
+    <serving_dir>/predictions/<window start>-<worker>[.<part>].jsonl
+    <serving_dir>/requests/<window start>-<worker>[.<part>].jsonl
+
+Bounded, so that a slow disk or a burst cannot take the server's memory (``limits``, from [serving]):
+
+- queue: at most ``recorder_queue_max`` rows wait to be logged (a 10,000-row request is 10,000), and as
+  many request-log lines. A request that does not fit is answered as usual; its rows are neither logged
+  nor profiled (its request-log line says ``rows: null``), but counted (``dropped_rows``,
+  ``dropped_requests``, and the request log's own), published to /metrics (``metrics.dropped``) and told
+  in one printed line at most every DROP_WARN_SECONDS. A row leaves the bound once written, not once
+  taken: rows being written count too.
+- size: a window's prediction or request file past ``log_max_mb`` (MiB) is closed and the window goes on
+  in ``<window start>-<worker>.1.jsonl``, ``.2``...: a drain's lines are never split, so a file ends a
+  little past the limit; no file is ever rewritten (the monitor reads each by its offset).
+- age: every RETENTION_CHECK_SECONDS (and at start) the thread deletes prediction, request and profile
+  files of any worker not modified for ``log_max_age_days`` (0: keep forever): run the monitor more often
+  than that, or it never reads them. Feedback files are never deleted: labels cannot be had again.
 """
 from __future__ import annotations
 
@@ -29,19 +44,50 @@ import pandas as pd
 
 from .. import config
 from ..lib.record import RECORD
-from ..data.logs import PREDICTIONS, REQUESTS, append, window_path
+from ..data.logs import PREDICTIONS, REQUESTS, append, expire, window_path
+from . import metrics
 from .profiler import send
 
 DRAIN_SECONDS = 2.0       # how often queued rows are written to the prediction log
 PROFILE_SECONDS = 10.0    # how often they go to the profiler (whylogs has a cost a call, whatever the rows)
+DROP_WARN_SECONDS = 60.0  # at most one printed line about dropped rows this often
+RETENTION_CHECK_SECONDS = 3600.0
+QUEUE_MAX_ROWS, LOG_MAX_MB, LOG_MAX_AGE_DAYS = 100_000, 256, 30  # the defaults of the [serving] keys
+KEEP_PARTS = 64           # (kind, window) -> current part remembered; more are forgotten (found again by size)
+
+
+def limits(settings: config.Settings) -> dict:
+    """The Recorder's bounds from [serving]: recorder_queue_max, log_max_mb, log_max_age_days."""
+    serving = settings.serving
+    return {"queue_max_rows": serving.recorder_queue_max, "log_max_mb": serving.log_max_mb,
+            "log_max_age_days": serving.log_max_age_days}
 
 
 class Recorder:
-    def __init__(self, serving_dir: Path, window_minutes: int, shadow=None):
+    def __init__(self, serving_dir: Path, window_minutes: int, shadow=None, *, queue_max_rows: int = QUEUE_MAX_ROWS,
+                 log_max_mb: float = LOG_MAX_MB, log_max_age_days: float = LOG_MAX_AGE_DAYS):
+        problems = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
+            ("queue_max_rows", queue_max_rows, queue_max_rows >= 1, "an integer >= 1"),
+            ("log_max_mb", log_max_mb, log_max_mb > 0, "a number of MiB > 0"),
+            ("log_max_age_days", log_max_age_days, log_max_age_days >= 0, "a number of days >= 0 (0: keep forever)"),
+        ) if not ok]
+        if problems:
+            raise ValueError(f"Recorder: {'; '.join(problems)}. Fix the [serving] settings recorder_queue_max, "
+                             "log_max_mb and log_max_age_days.")
         self.dir = Path(serving_dir)
         self.window_seconds = window_minutes * 60
         self.shadow = shadow            # (version, predict) of the silent challenger, or None
         self.worker = f"{os.getpid()}"
+        self.queue_max_rows = int(queue_max_rows)
+        self.log_max_bytes = int(log_max_mb * 2**20)
+        self.log_max_age_seconds = log_max_age_days * 86400.0
+        self._bound = threading.Lock()  # the counts below change on the hot path and in the thread
+        self._queued_rows = self._queued_lines = 0
+        self.dropped_rows = self.dropped_requests = self.dropped_request_lines = 0
+        self._published = self._told = (0, 0, 0)  # the drop counts already published; already printed
+        self._told_at = -DROP_WARN_SECONDS
+        self._expire_at = 0.0           # monotonic time of the next retention check
+        self._parts: dict[tuple, int] = {}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._requests: queue.SimpleQueue = queue.SimpleQueue()  # (at, request_id, route, status, latency_ms)
         self._rows_of: dict[str, int] = {}       # request id -> rows predicted, of this drain and the last
@@ -70,11 +116,25 @@ class Recorder:
                at: float | None = None) -> None:
         """The hot path: hand the rows over, nothing else. ``rows`` is the request's frame, or its records
         as dicts: one frame from the records of a thousand requests costs 1% of concatenating their frames.
-        ``at``: the time to log (serving.clock = flight), else now."""
+        ``at``: the time to log (serving.clock = flight), else now. A full queue drops the rows, counted:
+        it never blocks."""
+        n = len(rows)
+        with self._bound:
+            if self._queued_rows + n > self.queue_max_rows:
+                self.dropped_rows += n
+                self.dropped_requests += 1
+                return
+            self._queued_rows += n
         self._queue.put((time.time() if at is None else at, request_id, version, arm, rows, p, key, latency_ms))
 
     def request(self, at: float, request_id: str | None, route: str, status: int, latency_ms: float) -> None:
-        """The request log's hot path (the middleware's, after the answer is out): a tuple on a queue."""
+        """The request log's hot path (the middleware's, after the answer is out): a tuple on a queue, or
+        a count when as many lines as ``queue_max_rows`` wait already."""
+        with self._bound:
+            if self._queued_lines >= self.queue_max_rows:
+                self.dropped_request_lines += 1
+                return
+            self._queued_lines += 1
         self._requests.put((at, request_id, route, status, latency_ms))
 
     def close(self, timeout: float = 30.0) -> None:
@@ -91,6 +151,7 @@ class Recorder:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._expire()
             self._stop.wait(DRAIN_SECONDS)
             self._drain()
             if time.monotonic() - self._sent_at >= PROFILE_SECONDS:
@@ -119,6 +180,10 @@ class Recorder:
             except Exception as e:  # never let logging take the service down; count and report
                 self.errors += 1
                 print(f"mlops-nb recorder: could not log {len(batch)} request(s): {e!r}", flush=True)
+            finally:
+                rows = sum(len(b[4]) for b in batch)
+                with self._bound:
+                    self._queued_rows -= rows
         if requests:
             try:
                 self._log_requests(requests)
@@ -126,6 +191,62 @@ class Recorder:
                 self.errors += 1
                 print(f"mlops-nb recorder: could not write {len(requests)} line(s) of the request log: {e!r}",
                       flush=True)
+            finally:
+                with self._bound:
+                    self._queued_lines -= len(requests)
+        self._tell_drops()
+
+    def _tell_drops(self) -> None:
+        """New drops to /metrics at once; a printed line at most every DROP_WARN_SECONDS."""
+        with self._bound:
+            now = (self.dropped_rows, self.dropped_requests, self.dropped_request_lines)
+        rows, requests, lines = (a - b for a, b in zip(now, self._published))
+        if not (rows or lines):
+            return
+        try:
+            if rows:
+                metrics.dropped(PREDICTIONS, rows, requests)
+            if lines:
+                metrics.dropped(REQUESTS, lines, lines)
+        except Exception as e:  # metrics must not stop the logging
+            self.errors += 1
+            print(f"mlops-nb recorder: could not publish dropped-row metrics: {e!r}", flush=True)
+        if time.monotonic() - self._told_at >= DROP_WARN_SECONDS:
+            told = self._told
+            print(f"mlops-nb recorder: queue full ({self.queue_max_rows} rows max): not logged since the last "
+                  f"such line: {now[0] - told[0]} row(s) of {now[1] - told[1]} request(s), {now[2] - told[2]} "
+                  f"request-log line(s) (in all {now[0]} rows, {now[2]} lines). The answers were sent. Raise "
+                  "serving.recorder_queue_max, or give the service a faster disk or fewer rows.", flush=True)
+            self._told, self._told_at = now, time.monotonic()
+        self._published = now
+
+    def _expire(self) -> None:
+        """Delete old logs (see the module's docstring), at most every RETENTION_CHECK_SECONDS."""
+        if not self.log_max_age_seconds or time.monotonic() < self._expire_at:
+            return
+        self._expire_at = time.monotonic() + RETENTION_CHECK_SECONDS
+        try:
+            expire(self.dir, self.log_max_age_seconds)
+        except OSError as e:
+            self.errors += 1
+            print(f"mlops-nb recorder: could not delete logs older than {self.log_max_age_seconds / 86400:g} "
+                  f"day(s) under {self.dir}: {e!r}; retried in an hour", flush=True)
+
+    def _path(self, kind: str, start: float) -> Path:
+        """The file of a window to append to: its current part, or the next once past ``log_max_bytes``."""
+        part = self._parts.get((kind, start), 0)
+        while True:
+            path = window_path(self.dir, kind, start, self.worker, ".jsonl", part)
+            try:
+                if path.stat().st_size < self.log_max_bytes:
+                    break
+            except FileNotFoundError:
+                break
+            part += 1
+        if len(self._parts) >= KEEP_PARTS:
+            self._parts.clear()
+        self._parts[(kind, start)] = part
+        return path
 
     def _log_requests(self, requests) -> None:
         by_window: dict[float, list[str]] = {}
@@ -139,7 +260,7 @@ class Recorder:
                 {"request_id": request_id, "at": stamp, "route": route, "status": status,
                  "latency_ms": round(latency_ms, 3), "rows": rows}) + "\n")
         for start, lines in sorted(by_window.items()):
-            append(window_path(self.dir, REQUESTS, start, self.worker, ".jsonl"), lines)
+            append(self._path(REQUESTS, start), lines)
 
     def _log(self, batch) -> None:
         for start in sorted({self._window_of(b[0]) for b in batch}):
@@ -173,8 +294,7 @@ class Recorder:
                         tail += "null"
                     lines.append(head + tail + "}\n")
                     i += 1
-            path = window_path(self.dir, PREDICTIONS, start, self.worker, ".jsonl")
-            with open(path, "a", encoding="utf-8") as f:
+            with open(self._path(PREDICTIONS, start), "a", encoding="utf-8") as f:
                 f.writelines(lines)
             self.rows_logged += len(inputs)
             self._pending.setdefault(start, []).append(inputs.assign(p_late=p_late, arm=arms))

@@ -3,10 +3,15 @@
     bentoml serve mlops_nb.serving.service:FlightDelay      # in the project: the registry's champion
     mlops-nb serve / mlops-nb build                          # the same, and a Bento pinned to its model
 
-Which model: a Bento built by ``mlops-nb build`` carries ``pinned.json`` naming its exact tags; anywhere
-else the registry's aliases are read once at start-up. Every answer names the model version, the arm and
-a request id. Features come from the model itself (its first step is ``transforms.derive``): there is no
-second implementation to drift from training.
+Which model and settings: a Bento built by ``mlops-nb build`` carries ``pinned.json`` naming its exact tags
+and the settings it was built with (``config.serving_settings``: never a project's, and never the run's
+inputs, so it starts on any machine); anywhere else the registry's aliases are read once at start-up. Every
+answer names the model version, the arm and a request id. Features come from the training code:
+``registry.inference.Scorer`` builds the model's input in NumPy with ``lib.transforms.derive_arrays`` (what
+the pipeline's ``derive`` step runs) and the fitted encoder's own tables, then scores it with the version's
+compiled form (treelite) up to the number of rows where that is the faster (measured when the version was
+saved), else with scikit-learn. Requests of more than ``INLINE_ROWS`` rows are scored in a worker thread, so
+that the event loop (health checks included) keeps answering.
 
 Speed (see bench/serving.py): async endpoints, BentoML's tracing excluded from the API routes, access log
 off by default, a full garbage collection then ``gc.freeze()`` at start-up, and request profiling handed
@@ -19,6 +24,7 @@ feedback log, durably, before it answers.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -27,7 +33,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import anyio.to_thread
@@ -40,17 +45,17 @@ from threadpoolctl import threadpool_limits
 from .. import config, registry
 from ..data import logs
 from ..errors import MlopsNbError
-from ..lib.model import predict_proba
-from ..lib.record import RECORD
-from .access import RequestLog
+from ..registry.inference import Compiled, Scorer
+from . import metrics
+from .access import GetModel, RequestLog
 from .limits import BodyLimit
-from .recorder import Recorder
+from .recorder import Recorder, limits
 from .schemas import FeedbackAnswer, ModelInfo, Prediction, feedback_model, request_models
 
-PINNED_FILE = "pinned.json"
 API_ROUTES = ["/predict", "/predict_batch", "/model", "/feedback"]
 LOGGED_ROUTES = ["/predict", "/predict_batch", "/feedback"]  # a line each in the request log
-SETTINGS = config.get_settings()
+INLINE_ROWS = 64  # up to this many rows a request is scored on the event loop (about a millisecond at most)
+SETTINGS = config.serving_settings()
 MAX_ROWS = SETTINGS.serving.max_rows
 MAX_BODY_BYTES = MAX_ROWS * 1024 + 65536  # a record is ~400 bytes of JSON
 PredictRequest, PredictBatchRequest = request_models(MAX_ROWS)
@@ -65,32 +70,27 @@ class ServingError(MlopsNbError):
 class Loaded:
     tag: str
     version: str
-    estimator: object
+    scorer: Scorer
     info: dict
 
     @property
     def threshold(self) -> float:
         return float(self.info.get("threshold", 0.5))
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return predict_proba(self.estimator, frame)
+    def predict(self, rows) -> np.ndarray:
+        return self.scorer.predict(rows)
 
     def describe(self) -> dict:
         keep = ("kind", "params", "seed", "snapshot_id", "feature_set_id", "lineage", "model_sha256", "run_id")
         return {"version": self.version, "tag": self.tag, "metrics": self.info.get("metrics", {}),
-                **{k: self.info.get(k) for k in keep}}
-
-
-def pinned_path() -> Path:
-    """Where ``mlops-nb build`` puts the pinned tags: the root of the Bento's source."""
-    return Path(__file__).resolve().parents[2] / PINNED_FILE
+                **{k: self.info.get(k) for k in keep}, "inference": self.scorer.path}
 
 
 def resolve_models(settings: config.Settings) -> dict[str, dict]:
     """alias -> {"tag", "sha256"}: from pinned.json in a Bento, else from the registry."""
-    pinned = pinned_path()
-    if pinned.exists():
-        return json.loads(pinned.read_text())["models"]
+    bento = config.bento_source()
+    if bento is not None:
+        return json.loads((bento / config.PINNED_FILE).read_text())["models"]
     from ..data import warehouse
 
     try:
@@ -100,19 +100,21 @@ def resolve_models(settings: config.Settings) -> dict[str, dict]:
         raise ServingError(f"Nothing to serve: {e}") from None
 
 
-def load(entry: dict) -> Loaded:
-    """A model as ``resolve_models`` names it, its file checked against the sha256 the registry recorded."""
+def load(entry: dict, compiled: bool = True) -> Loaded:
+    """A model as ``resolve_models`` names it, its files checked against the sha256 the registry recorded;
+    scored by its compiled form when it has one that passed its checks (and ``compiled``)."""
     estimator, info = registry.load(entry["tag"], entry["sha256"])
-    return Loaded(entry["tag"], entry["tag"].split(":", 1)[1], estimator, info)
+    blob = registry.load_compiled(entry["tag"], info) if compiled else None
+    scorer = Scorer(estimator, Compiled(blob) if blob else None, (info.get("compiled") or {}).get("max_rows", 0))
+    return Loaded(entry["tag"], entry["tag"].split(":", 1)[1], scorer, info)
 
 
-def flight_time(frame: pd.DataFrame) -> float:
-    """The scheduled departure of a request's first flight, as a POSIX time (its local time read as UTC):
-    the clock of a replay of past traffic (serving.clock = flight). Never raises for a validated record
-    (day 31 of a short month runs on into the next)."""
+def flight_time(row: dict) -> float:
+    """The scheduled departure of a request's first flight (a record), as a POSIX time (its local time read
+    as UTC): the clock of a replay of past traffic (serving.clock = flight). Never raises for a validated
+    record (day 31 of a short month runs on into the next)."""
     from datetime import datetime, timedelta, timezone
 
-    row = frame.iloc[0]
     hhmm = int(row["sched_dep_time"])
     start = datetime(int(row["year"]), int(row["month"]), 1, tzinfo=timezone.utc)
     return (start + timedelta(days=int(row["day"]) - 1, hours=hhmm // 100, minutes=hhmm % 100)).timestamp()
@@ -139,7 +141,7 @@ class _RefusalsInOneLine(logging.Filter):
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_RefusalsInOneLine())
 
-if not pinned_path().exists():  # a Bento's models come from the Bento, not the project's store
+if config.bento_source() is None:  # a Bento's models come from the Bento, not the project's store
     config.use_bentoml_home(SETTINGS.path("bentoml_home"))
 
 
@@ -158,17 +160,18 @@ class FlightDelay:
         threadpool_limits(1)
         self.mode = SETTINGS.serving.mode
         tags = resolve_models(SETTINGS)
-        self.champion = load(tags["champion"])
+        compiled = SETTINGS.serving.compiled
+        self.champion = load(tags["champion"], compiled)
         self.challenger = None
         if self.mode != "champion":
             if "challenger" not in tags:
                 raise ServingError(f"serving.mode is {self.mode!r} but the registry has no challenger; "
                                    "promote one (`mlops-nb models promote VERSION --alias challenger`) or set "
                                    "serving.mode = champion.")
-            self.challenger = load(tags["challenger"])
+            self.challenger = load(tags["challenger"], compiled)
         shadow = (self.challenger.version, self.challenger.predict) if self.mode == "shadow" else None
-        out = config.serving_dir(SETTINGS, in_bento=pinned_path().exists())
-        self.recorder = (Recorder(out, SETTINGS.serving.profile_window_minutes, shadow)
+        out = config.serving_dir(SETTINGS, in_bento=config.bento_source() is not None)
+        self.recorder = (Recorder(out, SETTINGS.serving.profile_window_minutes, shadow, **limits(SETTINGS))
                          if SETTINGS.serving.profile_requests else None)
         self.out = out
         self._feedback_lock = threading.Lock()  # one append at a time to this worker's file
@@ -180,6 +183,7 @@ class FlightDelay:
         if self.recorder is not None:
             self.recorder.start()
             REQUEST_LOG.recorder = self.recorder
+        MODEL_INFO.describe = lambda: self.info().model_dump(mode="json")
         gc.collect()
         gc.freeze()  # the loaded model and libraries leave the collector's sight: no long pauses under load
 
@@ -189,36 +193,44 @@ class FlightDelay:
             REQUEST_LOG.recorder = None
             self.recorder.close()
 
-    def answer(self, frame: pd.DataFrame, key: Optional[str], records: Optional[list] = None,
-               started: Optional[float] = None) -> Prediction:
+    async def answer(self, rows, n: int, key: Optional[str], started: float, first: dict, route: str) -> Prediction:
+        """Score ``rows`` (records, or columns) of ``n`` rows, count and log them, answer."""
         request_id = os.urandom(8).hex()
         arm = arm_for(key or request_id, self.share) if self.share else "champion"
         model = self.challenger if arm == "challenger" else self.champion
-        p = model.predict(frame)
+        score = functools.partial(self.score, model, rows, n)
+        p, logged = score() if n <= INLINE_ROWS else await anyio.to_thread.run_sync(score)
+        seconds = time.perf_counter() - started
+        metrics.observe(model.version, arm, route, seconds, p)
         if self.recorder is not None:
-            latency_ms = None if started is None else (time.perf_counter() - started) * 1000.0
-            at = flight_time(frame) if self.flight_clock else None
-            self.recorder.record(request_id, model.version, arm, frame if records is None else records, p,
-                                 key, latency_ms, at)
+            latency_ms = seconds * 1000.0
+            at = flight_time(first) if self.flight_clock else None
+            self.recorder.record(request_id, model.version, arm, logged, p, key, latency_ms, at)
         return Prediction(request_id=request_id, model_version=model.version, arm=arm, p_late=p.tolist(),
                           late=(p >= model.threshold).tolist())
+
+    def score(self, model: Loaded, rows, n: int):
+        """P(late), and the rows as the recorder takes them (columns become a frame, off the event loop)."""
+        p = model.predict(rows)
+        if self.recorder is None or isinstance(rows, list):
+            return p, rows
+        return p, pd.DataFrame({name: values if values is not None else [None] * n for name, values in rows.items()})
 
     @bentoml.api(route="/predict")
     async def predict(self, request: PredictRequest, /) -> Prediction:
         """P(late) for one or more flight records."""
         started = time.perf_counter()
         records = [f.__dict__ for f in request.flights]
-        return self.answer(pd.DataFrame.from_records(records, columns=list(RECORD)), request.key, records,
-                           started)
+        return await self.answer(records, len(records), request.key, started, records[0], "/predict")
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, request: PredictBatchRequest, /) -> Prediction:
         """P(late) for many flights sent as columns (faster to parse than records)."""
         started = time.perf_counter()
-        columns = request.columns
-        n = columns.n_rows()
-        frame = pd.DataFrame({name: values if values is not None else [None] * n for name, values in columns})
-        return self.answer(frame, request.key, started=started)
+        columns = dict(request.columns)
+        n = request.columns.n_rows()
+        first = {name: values[0] if values is not None else None for name, values in columns.items()}
+        return await self.answer(columns, n, request.key, started, first, "/predict_batch")
 
     @bentoml.api(route="/feedback")
     async def feedback(self, request: FeedbackRequest, /) -> FeedbackAnswer:
@@ -253,16 +265,22 @@ class FlightDelay:
 
     @bentoml.api(route="/model")
     async def model(self) -> ModelInfo:
-        """The served model(s): version, lineage, metrics, and the rollout mode."""
+        """The served model(s): version, lineage, metrics, and the rollout mode (GET /model too)."""
+        return self.info()
+
+    def info(self) -> ModelInfo:
         return ModelInfo(mode=self.mode, champion=self.champion.describe(),
                          challenger=self.challenger.describe() if self.challenger else {})
 
 
 class _Sink:
     recorder = None  # the running service's recorder, set at start-up
+    describe = None  # the running service's model description (GET /model), set at start-up
 
 
 REQUEST_LOG = _Sink()
+MODEL_INFO = _Sink()
 # the request log outermost, so that it sees the size limit's refusals too
 FlightDelay.add_asgi_middleware(RequestLog, routes=LOGGED_ROUTES, sink=REQUEST_LOG)
 FlightDelay.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+FlightDelay.add_asgi_middleware(GetModel, route="/model", source=MODEL_INFO)
