@@ -39,7 +39,7 @@ _KEYS_AND_LONG_INTEGERS = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*(:)?|(?<![\d.eE+\-
                                      re.S)
 
 
-class BodyLimit:
+class RequestGuard:
     """Bodies of POST requests are read (up to ``max_bytes``: a Content-Length over it is refused unread, a
     chunked body is refused once it passes it; within ``BODY_SECONDS``), checked, then handed on; answers of
     every request pass through a check of their status that rewrites plain-text 4xx as JSON errors."""

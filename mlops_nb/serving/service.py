@@ -48,7 +48,7 @@ from ..errors import MlopsNbError
 from ..registry.inference import Compiled, Scorer
 from . import metrics
 from .access import GetModel, RequestLog
-from .limits import BodyLimit
+from .limits import RequestGuard
 from .recorder import Recorder, limits
 from .schemas import FeedbackAnswer, ModelInfo, Prediction, feedback_model, request_models
 
@@ -282,5 +282,5 @@ REQUEST_LOG = _Sink()
 MODEL_INFO = _Sink()
 # the request log outermost, so that it sees the size limit's refusals too
 FlightDelay.add_asgi_middleware(RequestLog, routes=LOGGED_ROUTES, sink=REQUEST_LOG)
-FlightDelay.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+FlightDelay.add_asgi_middleware(RequestGuard, max_bytes=MAX_BODY_BYTES)
 FlightDelay.add_asgi_middleware(GetModel, route="/model", source=MODEL_INFO)
