@@ -30,6 +30,7 @@ Bounded, so that a slow disk or a burst cannot take the server's memory (``limit
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import subprocess
@@ -97,6 +98,7 @@ class Recorder:
         self._process: subprocess.Popen | None = None
         self._pending: dict[float, list[pd.DataFrame]] = {}  # window start -> rows not yet profiled
         self._sent_at = time.monotonic()
+        self._stamp_second, self._stamp_prefix = None, ""
         self.rows_logged = 0
         self.errors = 0
 
@@ -255,10 +257,11 @@ class Recorder:
                 rows = self._rows_of.get(request_id, self._rows_before.get(request_id))
             else:
                 rows = 0
-            stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
-            by_window.setdefault(self._window_of(at), []).append(json.dumps(
-                {"request_id": request_id, "at": stamp, "route": route, "status": status,
-                 "latency_ms": round(latency_ms, 3), "rows": rows}) + "\n")
+            # REQUEST_FIELDS order; the route is one of the service's, the request id hex: no escaping needed
+            rid = "null" if request_id is None else f'"{request_id}"'
+            by_window.setdefault(self._window_of(at), []).append(
+                f'{{"request_id": {rid}, "at": "{self._stamp(at)}", "route": "{route}", "status": {status}, '
+                f'"latency_ms": {round(latency_ms, 3)!r}, "rows": {"null" if rows is None else rows}}}\n')
         for start, lines in sorted(by_window.items()):
             append(self._path(REQUESTS, start), lines)
 
@@ -278,12 +281,12 @@ class Recorder:
             lines, i = [], 0
             for (at, request_id, version, arm, _, p, key, latency_ms), n in zip(part, sizes):
                 self._rows_of[request_id] = n
-                stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
                 # PREDICTION_FIELDS order: request_id, key, at, model_version, arm, row, inputs, p_late,
-                # latency_ms, shadow
-                head = json.dumps({"request_id": request_id, "key": key, "at": stamp, "model_version": version,
-                                   "arm": arm})[:-1]
-                latency = json.dumps(None if latency_ms is None else round(latency_ms, 3))
+                # latency_ms, shadow. The request id (hex), version (a tag's hex) and arm need no escaping;
+                # the client's key does (json.dumps would cost 3 us a line, a fifth of the drain)
+                head = (f'{{"request_id": "{request_id}", "key": {"null" if key is None else json.dumps(key)}, '
+                        f'"at": "{self._stamp(at)}", "model_version": "{version}", "arm": "{arm}"')
+                latency = "null" if latency_ms is None else repr(round(latency_ms, 3))
                 for row in range(n):
                     tail = (f', "row": {row}, "inputs": {encoded[i]}, "p_late": {float(p[row])!r}, '
                             f'"latency_ms": {latency}, "shadow": ')
@@ -301,6 +304,18 @@ class Recorder:
 
     def _window_of(self, at: float) -> float:
         return at - (at % self.window_seconds)
+
+    def _stamp(self, at: float) -> str:
+        """``datetime.fromtimestamp(at, utc).isoformat(timespec="milliseconds")``, its date and time formatted
+        once a second (the same rounding: microseconds half to even, then cut to milliseconds)."""
+        frac, second = math.modf(at)
+        micro = round(frac * 1e6)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_prefix = datetime.fromtimestamp(second, timezone.utc).isoformat()[:19]
+        return f"{self._stamp_prefix}.{micro // 1000:03d}+00:00"
 
 
 def _take(q: queue.SimpleQueue) -> list:

@@ -155,9 +155,6 @@ if config.bento_source() is None:  # a Bento's models come from the Bento, not t
 )
 class FlightDelay:
     def __init__(self) -> None:
-        # One request is a row or a few: OpenMP's parallel regions (one a tree in gradient boosting) cost far
-        # more than they save, and under CPU contention a region can stall for milliseconds.
-        threadpool_limits(1)
         self.mode = SETTINGS.serving.mode
         tags = resolve_models(SETTINGS)
         compiled = SETTINGS.serving.compiled
@@ -180,6 +177,12 @@ class FlightDelay:
 
     @bentoml.on_startup
     def _start(self) -> None:
+        # One request is a row or a few: OpenMP's parallel regions (one a tree in gradient boosting) cost far
+        # more than they save, and under CPU contention a region can stall for milliseconds. The thread count
+        # is a per-thread setting, and BentoML builds the service in another thread than the event loop's,
+        # which scores small requests: set here, in the loop's thread (set in __init__, the worker threads
+        # spun after every one-row prediction: twice the CPU a request).
+        threadpool_limits(1)
         if self.recorder is not None:
             self.recorder.start()
             REQUEST_LOG.recorder = self.recorder
