@@ -72,8 +72,11 @@ class RequestLog:
 
 
 class GetModel:
-    """``GET <route>``: 200 and the JSON of ``source.describe()`` (None until the service has started:
-    503); any other request passes on, the POST included."""
+    """``GET <route>`` (and HEAD): 200 and the JSON of ``source.describe()`` (None until the service has
+    started: 503); POST passes on to the API; any other method is a 405 that names GET, HEAD and POST (the
+    app alone would name POST only)."""
+
+    ALLOW = "GET, HEAD, POST"
 
     def __init__(self, app, route, source):
         self.app = app
@@ -81,16 +84,20 @@ class GetModel:
         self.source = source
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "GET" or scope.get("path") != self.route:
+        if scope["type"] != "http" or scope.get("path") != self.route or scope["method"] == "POST":
             return await self.app(scope, receive, send)
+        headers = [(b"content-type", b"application/json")]
         describe = self.source.describe
-        if describe is None:
+        if scope["method"] not in ("GET", "HEAD"):
+            status, answer = 405, {"error": f"{self.route} answers {self.ALLOW}; got {scope['method']} instead: "
+                                            "send the request with method GET or POST"}
+            headers.append((b"allow", self.ALLOW.encode()))
+        elif describe is None:
             status, answer = 503, {"error": f"the service is starting: GET {self.route} answers once its models "
                                             "are loaded; retry in a few seconds (GET /readyz says when)"}
         else:
             status, answer = 200, describe()
         body = json.dumps(answer, separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode("ascii"))]})
-        await send({"type": "http.response.body", "body": body})
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

@@ -206,6 +206,8 @@ def _json_errors(scope, send):
             if not any(n.lower() == b"content-type" and v.startswith(JSON) for n, v in headers):
                 rewritten = True
                 allow = next((v.decode("latin-1") for n, v in headers if n.lower() == b"allow"), None)
+                if allow:  # Starlette lists a route's methods from a set: in an order that changes a process
+                    allow = ", ".join(sorted(m.strip() for m in allow.split(",")))
                 return await _refuse(send, message["status"], _app_refusal(scope, message["status"], allow),
                                      [(b"allow", allow.encode("latin-1"))] if allow else [])
         if rewritten:  # the plain-text body of the rewritten answer
