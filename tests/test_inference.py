@@ -94,7 +94,8 @@ def test_sklearn_path_is_exact_and_compiled_path_within_1e_12(fitted, flights):
     assert report["status"] == "compiled" and blob is not None, report
     assert report["input_equal"] and report["gtil_equal"] and report["decisions_changed"] == 0
     assert report["rows_checked"] == len(flights) + 4 and report["max_abs_diff"] <= 1e-12
-    assert report["max_rows"] >= 1 and set(report["timings"]) == {str(n) for n in gate.COMPILE_SIZES}
+    timed = [int(n) for n in report["timings"]]
+    assert report["max_rows"] >= 1 and timed == list(gate.COMPILE_SIZES[:len(timed)]) and report["max_rows"] in timed
     scorer = inference.Scorer(fitted, inference.Compiled(blob), max_rows=len(records))
     assert scorer.path.startswith("treelite up to")
     compiled = scorer.predict(records)
