@@ -62,12 +62,18 @@ def dropped_metric(log: str, what: str = "rows") -> float:
     return REGISTRY.get_sample_value(f"mlops_nb_recorder_dropped_{what}_total", {"log": log}) or 0.0
 
 
-def test_limits_default_until_declared(settings):
-    assert limits(settings) == {"queue_max_rows": getattr(settings.serving, "recorder_queue_max", 100_000),
-                                "log_max_mb": getattr(settings.serving, "log_max_mb", 256),
-                                "log_max_age_days": getattr(settings.serving, "log_max_age_days", 30)}
+def test_limits_come_from_the_settings(tmp_path):
+    from conftest import write_settings
+    from mlops_nb.errors import SettingsError
+
+    write_settings(tmp_path / "settings.ini", {"serving.recorder_queue_max": "7", "serving.log_max_mb": "0.5",
+                                               "serving.log_max_age_days": "0"})
+    loaded = config.load(tmp_path / "settings.ini", environ={"MLOPS_NB_SERVING__RECORDER_QUEUE_MAX": "9"})
+    assert limits(loaded) == {"queue_max_rows": 9, "log_max_mb": 0.5, "log_max_age_days": 0.0}
+    with pytest.raises(SettingsError, match="log_max_age_days"):
+        config.load(tmp_path / "settings.ini", environ={"MLOPS_NB_SERVING__LOG_MAX_AGE_DAYS": "-1"})
     with pytest.raises(ValueError, match="queue_max_rows must be an integer >= 1, got 0"):
-        Recorder(settings.root, 60, queue_max_rows=0)
+        Recorder(tmp_path, 60, queue_max_rows=0)
 
 
 def test_full_queue_drops_without_blocking(settings, fast, capfd):
