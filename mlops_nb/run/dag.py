@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import MlopsNbError, NotFoundError, PipelineError, did_you_mean
 from .notebooks import (INJECTED_TAG, BuildResult, TaskResult, _time_limit, clean, explain, first_line,
-                        import_nbformat)
+                        import_nbformat, quiet_kernel_teardown)
 
 
 def _import_ploomber():
@@ -64,7 +64,7 @@ def execute(dag, force: bool = False, target: str | None = None, progress=None,
     # What is alive now (thousands of imported modules) leaves the collector's sight for the build: full
     # collections during the tasks stop re-scanning it (0.3-0.5 s a run); the build's end gives it back.
     gc.freeze()
-    with _quiet(everything=False), _released_shells():
+    with _quiet(everything=False), _released_shells(), quiet_kernel_teardown():
         try:
             dag.build(force=force, show_progress=False)
         except Exception as e:  # Ploomber's DAGBuildError, DAGRenderError, ...

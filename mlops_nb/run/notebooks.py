@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -369,10 +370,30 @@ def _run_in_kernel(nb, out: Path, timeout: int | None) -> None:
     source = out.with_name(f".{out.stem}.in.ipynb")
     _save(nb, source)
     try:
-        papermill.execute_notebook(str(source), str(out), progress_bar=False, execution_timeout=timeout,
-                                   kernel_name=nb.metadata["kernelspec"]["name"])
+        with quiet_kernel_teardown():
+            papermill.execute_notebook(str(source), str(out), progress_bar=False, execution_timeout=timeout,
+                                       kernel_name=nb.metadata["kernelspec"]["name"])
     finally:
         source.unlink(missing_ok=True)
+
+
+class _ZmqCallbackNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ZMQStream callback" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_kernel_teardown():
+    """When a cell fails, the kernel is shut down while its client's zmq streams may still hold callbacks:
+    tornado then logs their exception with a library traceback on stderr (seen under load). The task's own
+    error is what the run reports; that noise is dropped."""
+    noise = _ZmqCallbackNoise()
+    log = logging.getLogger("tornado.general")
+    log.addFilter(noise)
+    try:
+        yield
+    finally:
+        log.removeFilter(noise)
 
 
 # --------------------------------------------------------------------------------------------------- errors
