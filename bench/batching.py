@@ -49,9 +49,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import LUA, RECORD, SAMPLE, _ms, free_port, stop, tree_cpu, wait_ready  # noqa: E402
+from serving import LUA, RECORD, build_project, free_port, stop, tree_cpu, wait_ready, wrk  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MAX_ROWS = 64  # rows a request may carry (the request model's limit); one is sent
 
@@ -109,23 +108,6 @@ def write_service(folder: Path, name: str, latency_ms: int | None, max_batch: in
     (folder / f"{module}.py").write_text(SERVICE.format(doc=doc, max_rows=MAX_ROWS, name=module, cls=cls,
                                                         api_args=api_args))
     return f"{module}:{cls}"
-
-
-def wrk(url: str, script: Path, conns: int, seconds: int) -> dict:
-    """bench/serving.py's wrk run, plus a check of wrk's latency figures: ``busy`` = mean latency x requests
-    / (connections x duration) cannot exceed 1 (a connection waits for one answer at a time); wrk's latency
-    histogram at 1 connection was seen over 2, its p99 then tens of ms where a Python client saw 1 ms."""
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, timeout=seconds + 120).stdout
-    requests = int(re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out).group(1))
-    took = re.search(r"requests in ([\d.]+)(ms|s|m),", out)
-    wall = float(took.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[took.group(2)]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    avg = _ms(re.search(r"Latency\s+(\S+)", out).group(1))
-    lat = {p: _ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "99")}
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "requests": requests,
-            "p50": lat["50"], "p99": lat["99"], "errors": int(non2xx.group(1)) if non2xx else 0,
-            "busy": avg * requests / 1e3 / (conns * wall)}
 
 
 def batch_stats(url: str) -> tuple[float, float]:
@@ -206,19 +188,8 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mlops-nb-bench-batching-") as tmp:
         tmp = Path(tmp)
-        project = tmp / "project"
-        project.mkdir()
-        for rel in ("settings.ini", "pipeline.yaml", "notebooks/tasks"):
-            src = ROOT / rel
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, project / rel)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "BENTOML_HOME"))}
-        env["MLOPS_NB_SETTINGS"] = str(project / "settings.ini")
         say("building a small project (about 20 s)...")
-        subprocess.run([str(BIN / "mlops-nb"), "run", "--quiet", *SAMPLE], cwd=project, env=env, check=True,
-                       capture_output=True, timeout=900)
-        tag = json.loads(subprocess.run([str(BIN / "mlops-nb"), "models", "show", "champion", "--json"],
-                                        cwd=project, env=env, check=True, capture_output=True,
-                                        text=True).stdout)["tag"]
+        project, env, tag = build_project(tmp)
         env.update({"BENTOML_HOME": str(project / "data" / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
                     "BENCH_TAG": tag})
         services = tmp / "services"

@@ -39,6 +39,9 @@ BENTOML = VENV_BIN / "bentoml"
 READY_TIMEOUT = 120    # seconds, a server's cold start (the machine is shared: be generous)
 
 MAX_ROWS = 50  # the champion server's serving.max_rows
+# a valid flight record with only the required fields: what the API tests send when any good request will do
+GOOD = {"year": 2013, "month": 3, "day": 1, "sched_dep_time": 600, "sched_arr_time": 830, "carrier": "UA",
+        "origin": "EWR", "dest": "ORD", "distance": 719.0}
 SECOND_RUN = ["-p", "model.learning_rate=0.05", "-p", "gate.min_roc_auc=0.99"]
 SERVING_FILES = ("bentofile.yaml", "requirements.lock")  # beside what conftest.make_project copies
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 pytest.register_assert_rewrite("served_project")
-from served_project import MAX_ROWS, client, mlops  # noqa: E402
+from served_project import GOOD, MAX_ROWS, client, mlops  # noqa: E402
 
 import conftest  # noqa: E402
 from mlops_nb.data import logs  # noqa: E402
@@ -27,8 +27,6 @@ from mlops_nb.data import logs  # noqa: E402
 pytest_plugins = ["served_project"]
 pytestmark = pytest.mark.slow
 
-GOOD = {"year": 2013, "month": 3, "day": 1, "sched_dep_time": 600, "sched_arr_time": 830, "carrier": "UA",
-        "origin": "EWR", "dest": "ORD", "distance": 719.0}
 # the contract the monitor reads: every line has every field, in this order
 FEEDBACK_FIELDS = list(logs.FEEDBACK_FIELDS)
 PREDICTION_FIELDS = list(logs.PREDICTION_FIELDS)

@@ -78,13 +78,10 @@ def test_dropped_counts():
 
 pytest_plugins = ["served_project"]
 
-GOOD = {"year": 2013, "month": 3, "day": 1, "sched_dep_time": 600, "sched_arr_time": 830, "carrier": "UA",
-        "origin": "EWR", "dest": "ORD", "distance": 719.0}
-
 
 @pytest.mark.slow
 def test_metrics_and_get_model_over_http(champion_server):
-    from served_project import client
+    from served_project import GOOD, client
 
     with client(champion_server) as http:
         answers = [http.post("/predict", json={"flights": [GOOD] * n}) for n in (1, 1, 3)]

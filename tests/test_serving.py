@@ -16,7 +16,7 @@ import time
 import pytest
 
 pytest.register_assert_rewrite("served_project")
-from served_project import (BENTOML, MAX_ROWS, MODEL_NAME, Server, aliases, as_columns, as_records, client,
+from served_project import (BENTOML, GOOD, MAX_ROWS, MODEL_NAME, Server, aliases, as_columns, as_records, client,
                             make_project, mlops, mlops_ok, offline_p_late, py_json, sample_rows, serve)
 
 pytest_plugins = ["served_project"]
@@ -50,9 +50,6 @@ def champion_p(served, rows) -> list[float]:
     """The champion's P(late) of ``rows``, computed offline from the stored estimator."""
     return offline_p_late(served.pristine, served.v1, rows)
 
-
-GOOD = {"year": 2013, "month": 3, "day": 1, "sched_dep_time": 600, "sched_arr_time": 830, "carrier": "UA",
-        "origin": "EWR", "dest": "ORD", "distance": 719.0}
 
 
 def assert_p(got: list[float], expected: list[float], exact: bool, threshold: float = 0.5):

@@ -13,13 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 pytest.register_assert_rewrite("served_project")
-from served_project import client
+from served_project import GOOD, client
 
 pytest_plugins = ["served_project"]
 pytestmark = pytest.mark.slow
 
-GOOD = {"year": 2013, "month": 3, "day": 1, "sched_dep_time": 600, "sched_arr_time": 830, "carrier": "UA",
-        "origin": "EWR", "dest": "ORD", "distance": 719.0}
 PREDICT = json.dumps({"flights": [GOOD]}).encode()
 BATCH = json.dumps({"columns": {k: [v] for k, v in GOOD.items()}}).encode()
 FEEDBACK = b'{"outcomes": [{"key": "k", "late": true, "arr_delay": 3.0}]}'

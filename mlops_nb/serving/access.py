@@ -15,8 +15,9 @@ description the POST returns.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+
+from .limits import send_json
 
 ANSWER_PREFIX = b'{"request_id":"'
 ID_LENGTH = 16
@@ -86,7 +87,7 @@ class GetModel:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("path") != self.route or scope["method"] == "POST":
             return await self.app(scope, receive, send)
-        headers = [(b"content-type", b"application/json")]
+        headers = []
         describe = self.source.describe
         if scope["method"] not in ("GET", "HEAD"):
             status, answer = 405, {"error": f"{self.route} answers {self.ALLOW}; got {scope['method']} instead: "
@@ -97,7 +98,4 @@ class GetModel:
                                             "are loaded; retry in a few seconds (GET /readyz says when)"}
         else:
             status, answer = 200, describe()
-        body = json.dumps(answer, separators=(",", ":")).encode()
-        headers.append((b"content-length", str(len(body)).encode("ascii")))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        await send_json(send, status, answer, headers, body=scope["method"] != "HEAD")

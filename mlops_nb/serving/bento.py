@@ -35,11 +35,12 @@ def tool_env(settings: config.Settings) -> dict:
 
 
 def bento_env(settings: config.Settings) -> dict:
-    """The environment of `bentoml serve TAG` from a project: only the model store, where the project keeps
-    its Bentos, comes from the project. The Bento reads the settings built into it (the user's MLOPS_NB_*
-    overrides still apply)."""
-    return config.child_environment({"BENTOML_DO_NOT_TRACK": "true",
-                                     "BENTOML_HOME": str(config.bentoml_home(settings))})
+    """The environment of `bentoml serve TAG` from a project: a BentoML command's (``tool_env``) without the
+    project's settings file, so that only the model store, where the project keeps its Bentos, comes from
+    the project. The Bento reads the settings built into it (the user's MLOPS_NB_* overrides still apply)."""
+    env = tool_env(settings)
+    env.pop(config.ENV_SETTINGS, None)
+    return env
 
 
 def bentoml_cli() -> str:

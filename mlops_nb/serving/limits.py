@@ -227,12 +227,17 @@ def _app_refusal(scope, status: int, allow: str | None) -> str:
     return f"the request {method} {path} was refused (HTTP {status}): see /docs.json for what the API reads"
 
 
-async def _refuse(send, status: int, message: str, headers=()):
-    body = json.dumps({"error": message}).encode()
+async def send_json(send, status: int, answer, headers=(), body: bool = True):
+    """A whole JSON answer through an ASGI ``send`` (``body`` False for HEAD: its length, no bytes)."""
+    data = json.dumps(answer).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body})
+                            (b"content-length", str(len(data)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": data if body else b""})
+
+
+async def _refuse(send, status: int, message: str, headers=()):
+    await send_json(send, status, {"error": message}, headers)
 
 
 def _replay(message, then):

@@ -56,6 +56,7 @@ API_ROUTES = ["/predict", "/predict_batch", "/model", "/feedback"]
 LOGGED_ROUTES = ["/predict", "/predict_batch", "/feedback"]  # a line each in the request log
 INLINE_ROWS = 64  # up to this many rows a request is scored on the event loop (about a millisecond at most)
 SETTINGS = config.serving_settings()
+BENTO = config.bento_source()  # a Bento's source folder, or None in a project
 MAX_ROWS = SETTINGS.serving.max_rows
 MAX_BODY_BYTES = MAX_ROWS * 1024 + 65536  # a record is ~400 bytes of JSON
 PredictRequest, PredictBatchRequest = request_models(MAX_ROWS)
@@ -88,9 +89,8 @@ class Loaded:
 
 def resolve_models(settings: config.Settings) -> dict[str, dict]:
     """alias -> {"tag", "sha256"}: from pinned.json in a Bento, else from the registry."""
-    bento = config.bento_source()
-    if bento is not None:
-        return json.loads((bento / config.PINNED_FILE).read_text())["models"]
+    if BENTO is not None:
+        return json.loads((BENTO / config.PINNED_FILE).read_text())["models"]
     from ..data import warehouse
 
     try:
@@ -141,7 +141,7 @@ class _RefusalsInOneLine(logging.Filter):
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_RefusalsInOneLine())
 
-if config.bento_source() is None:  # a Bento's models come from the Bento, not the project's store
+if BENTO is None:  # a Bento's models come from the Bento, not the project's store
     config.use_bentoml_home(SETTINGS.path("bentoml_home"))
 
 
@@ -167,7 +167,7 @@ class FlightDelay:
                                    "serving.mode = champion.")
             self.challenger = load(tags["challenger"], compiled)
         shadow = (self.challenger.version, self.challenger.predict) if self.mode == "shadow" else None
-        out = config.serving_dir(SETTINGS, in_bento=config.bento_source() is not None)
+        out = config.serving_dir(SETTINGS, in_bento=BENTO is not None)
         self.recorder = (Recorder(out, SETTINGS.serving.profile_window_minutes, shadow, **limits(SETTINGS))
                          if SETTINGS.serving.profile_requests else None)
         self.out = out
