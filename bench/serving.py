@@ -5,13 +5,18 @@ Builds a small project (3 months of flights) to get a champion (the gate compile
 time on 127.0.0.1 (no two measured servers share the 2 cores):
   ours          `mlops-nb serve`: compiled inference, request profiling on
   ours-sklearn  the same with serving.compiled = false (scikit-learn on the NumPy input)
-  ours-noprof   ours with serving.profile_requests = false (what profiling costs)
+  ours-noprof   ours with serving.profile_requests = false (no whylogs profiles; the logs still written)
+  ours-nolog    ours-noprof with serving.log_predictions = false too (what the prediction and request logs cost)
   bare          bench/bare_app.py: Starlette + uvicorn, the same Scorer (compiled), no validation, no logging
-For each round (the servers' order turns each round) a server is started, warmed up, measured with wrk
-(POST /predict, one flight record) at 1 and 16 concurrent connections, then left idle until its recorder
+For each round (the servers' order turns each round) a server is started, warmed up, left until its
+process tree is idle (its profiler imports whylogs once, at start), measured with wrk
+(POST /predict, one flight record) at 16 concurrent connections and by a Python client one request at a time
+(1 concurrent: wrk's latency figures at 1 connection are not self-consistent against a BentoML server, their
+mean x count several times the run's length, see ``busy``), then left idle until its recorder
 and profiler are done (PROFILE_SECONDS and a margin), its process tree's CPU read, and stopped, before
 the next one starts. Figures are medians over rounds. The profiling cost is end to end: server CPU a
-request at 16 concurrent, process tree (workers and the whylogs profiler), ours against ours-noprof.
+request at 16 concurrent, process tree (workers and the whylogs profiler), ours against ours-noprof; the
+logs' cost, ours-noprof against ours-nolog, is printed beside it (no target).
 Then POST /predict_batch with 10,000 rows a request (ours and ours-sklearn, 2 concurrent), and in process
 the model-only time of one row: the classifier's predict_proba against the compiled form.
 
@@ -92,6 +97,29 @@ def wrk(url: str, script: Path, conns: int, seconds: int) -> dict:
             "busy": avg * requests / 1e3 / (conns * wall)}
 
 
+def one_at_a_time(port: int, body: str, seconds: int) -> dict:
+    """POST /predict one request at a time over one keep-alive connection (http.client), each timed:
+    requests/s, requests, p50 and p99 (ms), non-2xx answers."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    latencies, errors = [], 0
+    started = time.perf_counter()
+    end = started + seconds
+    while (t := time.perf_counter()) < end:
+        conn.request("POST", "/predict", body, headers)
+        answer = conn.getresponse()
+        answer.read()
+        latencies.append((time.perf_counter() - t) * 1e3)
+        errors += not 200 <= answer.status < 300
+    conn.close()
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {"rps": len(latencies) / wall, "requests": len(latencies), "p50": statistics.median(latencies),
+            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "errors": errors}
+
+
 def _ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
@@ -110,6 +138,19 @@ def tree_cpu(pid: int) -> float:
         except psutil.Error:
             pass
     return total
+
+
+def settle(pid: int, timeout: float = 120) -> None:
+    """Wait until a server's process tree is idle (under 2% of a CPU over half a second): what it does once
+    after start-up (the profiler importing whylogs) is no request's cost."""
+    deadline = time.monotonic() + timeout
+    used = tree_cpu(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = tree_cpu(pid)
+        if now - used < 0.01:
+            return
+        used = now
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -197,11 +238,14 @@ def main() -> int:
                              {"MLOPS_NB_SERVING__COMPILED": "false"}),
             "ours-noprof": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"],
                             {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false"}),
+            "ours-nolog": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"],
+                           {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false", "MLOPS_NB_SERVING__LOG_PREDICTIONS": "false"}),
             "bare": ([sys.executable, str(ROOT / "bench" / "bare_app.py"), tag, "{port}"],
                      {"BENTOML_HOME": str(project / "data" / "bentoml")}),
         }
         one = tmp / "one.lua"
-        one.write_text(LUA % json.dumps({"flights": [RECORD]}))
+        body = json.dumps({"flights": [RECORD]})
+        one.write_text(LUA % body)
         batch = tmp / "batch.lua"
         batch.write_text(LUA % json.dumps({"columns": {k: [v] * BATCH_ROWS for k, v in RECORD.items()}}))
         results: dict = {}
@@ -218,10 +262,11 @@ def main() -> int:
                     url = f"http://127.0.0.1:{port}"
                     wait_ready(f"{url}/readyz", proc)
                     wrk(f"{url}/predict", one, 4, 2)  # warm-up
-                    time.sleep(1)
+                    settle(proc.pid)
                     for conns in (1, 16):
                         before = tree_cpu(proc.pid)
-                        r = wrk(f"{url}/predict", one, conns, args.seconds)
+                        r = (one_at_a_time(port, body, args.seconds) if conns == 1 else
+                             wrk(f"{url}/predict", one, conns, args.seconds))
                         if name != "bare":  # let the recorder log and the profiler profile what came
                             time.sleep(PROFILE_SECONDS + 4)
                         r["cpu_ms"] = (tree_cpu(proc.pid) - before) / max(r["requests"], 1) * 1e3
@@ -249,6 +294,7 @@ def main() -> int:
         "batch_rows_vs_sklearn": rows_per_s["ours"] / rows_per_s["ours-sklearn"],
         "profiling_cpu_share": med["ours c=16"]["cpu_ms"] / med["ours-noprof c=16"]["cpu_ms"] - 1,
     }
+    logging_share = med["ours-noprof c=16"]["cpu_ms"] / med["ours-nolog c=16"]["cpu_ms"] - 1
     targets = {"ours_vs_sklearn_rps_c16": (">=", 8.0), "ours_vs_bare_rps_c16": (">=", 0.8),
                "ours_vs_bare_p99_c1": ("<=", 3.0), "model_only_speedup": (">=", 50.0),
                "batch_rows_vs_sklearn": (">=", 1.0), "profiling_cpu_share": ("<", 0.03)}
@@ -256,6 +302,7 @@ def main() -> int:
            for k, (op, t) in targets.items()}
     report = {"rounds": args.rounds, "seconds": args.seconds, "servers": med, "non_2xx": errors,
               "batch_rows_per_s": rows_per_s, "model_only_one_row": model, "ratios": ratios,
+              "logging_cpu_share": logging_share,
               "targets": {k: f"{op} {t}" for k, (op, t) in targets.items()}, "met": met}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -273,6 +320,7 @@ def main() -> int:
     for k, v in ratios.items():
         op, t = targets[k]
         print(f"  {k:<26} {v:8.3f}  ({op} {t}: {'met' if met[k] else 'MISSED'})")
+    print(f"  {'logging_cpu_share':<26} {logging_share:8.3f}  (the prediction and request logs; no target)")
     return 0
 
 

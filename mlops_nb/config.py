@@ -187,8 +187,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "compiled": Key("true", _bool, "true or false",
                         "score small requests with the version's compiled form (treelite) when it passed its "
                         "checks; false: scikit-learn always"),
+        "log_predictions": Key("true", _bool, "true or false",
+                               "keep the prediction log and the request log (what `mlops-nb monitor` reads)"),
         "profile_requests": Key("true", _bool, "true or false",
-                                "profile every request with whylogs and keep the prediction log"),
+                                "profile every request with whylogs (window profiles, in a process beside the "
+                                "service)"),
         "recorder_queue_max": Key("100000", _positive(int), "an integer > 0",
                                   "rows (and request-log lines) waiting to be logged at most; a request that does "
                                   "not fit is answered but not logged, counted in /metrics"),

@@ -1,6 +1,6 @@
 """The service's Prometheus metrics (``serving.metrics``): labelled samples and bucket counts as the
-exposition renders them, the bulk histogram pass equal to one observe a value, its cost; and over HTTP,
-GET /metrics and GET /model of a real server."""
+exposition renders them once flushed, the histogram counts equal to Histogram.observe's (one by one and in
+the bulk pass), its cost; and over HTTP, GET /metrics (which flushes) and GET /model of a real server."""
 from __future__ import annotations
 
 import timeit
@@ -27,6 +27,7 @@ def test_observe_renders_labelled_counts_and_buckets():
     metrics.observe("t1", "champion", "/predict", 0.0012, np.array([0.05]))
     metrics.observe("t1", "champion", "/predict", 0.3, np.array([0.35]))
     metrics.observe("t1", "challenger", "/predict_batch", 0.004, np.arange(101) / 100)
+    metrics.flush()
     got = samples(generate_latest(REGISTRY).decode())
     assert got["mlops_nb_requests_total", labels("t1")] == 2
     assert got["mlops_nb_rows_total", labels("t1")] == 2
@@ -46,15 +47,28 @@ def test_observe_renders_labelled_counts_and_buckets():
     assert got["mlops_nb_p_late_sum", batch] == pytest.approx(50.5)
 
 
-def test_bulk_pass_equals_one_observe_a_value():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("rows", [1, metrics.ONE_BY_ONE + 1])
+def test_counts_equal_histogram_observe(rows):
+    """A value a request (one by one) and many a request (the bulk pass) land where Histogram.observe puts
+    them, bounds included, in the p_late and the latency histogram."""
+    rng = np.random.default_rng(rows)
     values = np.concatenate([rng.random(5000), np.array(metrics.P_LATE_BUCKETS), [0.0, 1.0, 1.5, -0.1]])
-    one, bulk = (metrics._get().p_late.labels("t2", arm, "/predict_batch") for arm in ("one", "bulk"))
-    for v in values.tolist():
-        one.observe(v)
-    metrics._observe_many(bulk, values)
-    assert [b.get() for b in bulk._buckets] == [b.get() for b in one._buckets]
-    assert bulk._sum.get() == pytest.approx(one._sum.get())
+    values = values[:len(values) // rows * rows]
+    seconds = np.concatenate([rng.random(len(values) // rows) * 0.02, metrics.LATENCY_BUCKETS])
+    arm = f"counted{rows}"
+    for i, s in enumerate(seconds.tolist()):
+        metrics.observe("t2", arm, "/predict_batch", s, values[i * rows:(i + 1) * rows])
+    metrics.flush()
+    m = metrics._get()
+    got_p, got_latency = (h.labels("t2", arm, "/predict_batch") for h in (m.p_late, m.latency))
+    want_p, want_latency = (h.labels("t2", f"observed{rows}", "/predict_batch") for h in (m.p_late, m.latency))
+    for v in values[:len(seconds) * rows].tolist():
+        want_p.observe(v)
+    for s in seconds.tolist():
+        want_latency.observe(s)
+    for got, want in ((got_p, want_p), (got_latency, want_latency)):
+        assert [b.get() for b in got._buckets] == [b.get() for b in want._buckets]
+        assert got._sum.get() == pytest.approx(want._sum.get())
 
 
 def test_observe_costs_microseconds():

@@ -178,3 +178,23 @@ def test_old_logs_are_deleted_feedback_never(settings, fast):
     assert {k: p.exists() for k, p in files.items()} == {k: k[1] == "fresh" for k in files}
     assert label.exists()
     assert rec._expire_at > time.monotonic() + recorder_module.RETENTION_CHECK_SECONDS - 60
+
+
+@pytest.mark.parametrize("log, profile", [(True, False), (False, True)])
+def test_logs_and_profiles_switch_apart(settings, fast, log, profile):
+    """serving.log_predictions and serving.profile_requests: the logs without a profiler process, or the
+    profiles without the logs."""
+    serving = config.serving_dir(settings, in_bento=False)
+    rec = Recorder(serving, 60, log=log, profile=profile, log_max_age_days=0).start()
+    rng = random.Random(2)
+    try:
+        assert (rec._process is not None) == profile
+        for i in range(4):
+            rec.record(f"{i:016x}", "v1", "champion", [record(rng)], np.array([0.25]), at=BASE + i)
+            rec.request(BASE + i, f"{i:016x}", "/predict", 200, 1.0)
+        wait_for(lambda: rec._queued_rows == 0 and rec._queued_lines == 0)
+    finally:
+        rec.close()
+    assert len(lines(serving / logs.PREDICTIONS)) == (4 if log else 0)
+    assert len(lines(serving / logs.REQUESTS)) == (4 if log else 0)
+    assert len(list((serving / "profiles").glob("*.bin"))) == (1 if profile else 0)

@@ -59,7 +59,7 @@ def _show(settings, args, report) -> None:
         return
     if report.empty:
         print(f"no prediction logs in {report.serving_dir / 'predictions'} yet; serve with `mlops-nb serve` (the "
-              "service logs every prediction there, with serving.profile_requests = true), then run "
+              "service logs every prediction there, with serving.log_predictions = true), then run "
               "`mlops-nb monitor` again.")
         if not report.read.get("feedback"):
             return

@@ -33,6 +33,12 @@ def _whylogs():
     return whylogs
 
 
+def load() -> None:
+    """Import whylogs now: about 2 s of CPU, which a long-lived process (the service's profiler) pays at its
+    start rather than under its first load."""
+    _whylogs()
+
+
 def _split_fast(column, series, parse_numeric_string: bool) -> bool:
     """What whylogs 1.x's ``PreprocessedColumn._pandas_split`` computes, without its Python call per value
     (an ``np.isinf`` lambda on every float, six type-test lambdas on every string or timestamp): 3-10x

@@ -95,7 +95,7 @@ def loop_settings(months: tuple[int, ...], sample: float) -> dict[str, str]:
         "pipeline.reports": "false",
         "serving.mode": "champion", "serving.canary_share": str(CANARY_SHARE), "serving.clock": "flight",
         "serving.profile_window_minutes": str(31 * 24 * 60), "serving.access_log": "false",
-        "serving.profile_requests": "true",
+        "serving.log_predictions": "true", "serving.profile_requests": "true",
         "monitor.window": "1d", "monitor.on_alert": "retrain", "monitor.webhook_url": "",
         "retrain.train_span": str(RETRAIN_SPANS[0]), "retrain.valid_span": str(RETRAIN_SPANS[1]),
         "retrain.test_span": str(RETRAIN_SPANS[2]),

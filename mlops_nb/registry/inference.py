@@ -77,15 +77,10 @@ class EncodingPlan:
     def matrix(self, columns: dict) -> np.ndarray:
         """The classifier's input: what ``pipeline[:-1].transform`` gives, built without pandas."""
         derived = derive_arrays(columns)
-        n = len(derived[self.names[0]])
-        X = np.empty((n, len(self.names)), dtype=np.float64)
-        for j, name in enumerate(self.names):
-            codes = self.categories.get(name)
-            if codes is None:
-                X[:, j] = derived[name]
-            else:
-                X[:, j] = [codes.get(v, math.nan) for v in derived[name]]
-        return X
+        X = np.array([derived[name] if name not in self.categories else
+                      [self.categories[name].get(v, math.nan) for v in derived[name]] for name in self.names],
+                     dtype=np.float64)
+        return np.ascontiguousarray(X.T)  # one NumPy call for the columns, then rows in C order for treelite
 
 
 def encoding_plan(pipeline) -> EncodingPlan | None:

@@ -44,6 +44,7 @@ def main(folder: str, worker: str) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(10)  # background work: when the CPUs are busy, requests go first
+    profiles.load()
 
     profile, window, written = None, None, 0.0
 

@@ -6,7 +6,8 @@ shadow model when there is one, appends the prediction log (request id, key, tim
 inputs, output, latency) and the request log (``data.logs`` PREDICTION_FIELDS, REQUEST_FIELDS) as JSON
 lines, and hands the rows to a profiler process. whylogs runs there, not in the serving process, so its
 work never holds the server's GIL: one rolling profile a worker and time window, rewritten as it grows and
-final when the window ends or the worker shuts down.
+final when the window ends or the worker shuts down. Each half has its switch: ``serving.log_predictions``
+(the two logs, which the monitor reads) and ``serving.profile_requests`` (the profiles).
 
     <serving_dir>/profiles/<window start>-<worker>.bin
     <serving_dir>/predictions/<window start>-<worker>[.<part>].jsonl
@@ -65,8 +66,11 @@ def limits(settings: config.Settings) -> dict:
 
 
 class Recorder:
-    def __init__(self, serving_dir: Path, window_minutes: int, shadow=None, *, queue_max_rows: int = QUEUE_MAX_ROWS,
-                 log_max_mb: float = LOG_MAX_MB, log_max_age_days: float = LOG_MAX_AGE_DAYS):
+    def __init__(self, serving_dir: Path, window_minutes: int, shadow=None, *, log: bool = True,
+                 profile: bool = True, queue_max_rows: int = QUEUE_MAX_ROWS, log_max_mb: float = LOG_MAX_MB,
+                 log_max_age_days: float = LOG_MAX_AGE_DAYS):
+        """``log``: write the prediction and request logs (serving.log_predictions); ``profile``: hand the rows
+        to the whylogs profiler process (serving.profile_requests)."""
         problems = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
             ("queue_max_rows", queue_max_rows, queue_max_rows >= 1, "an integer >= 1"),
             ("log_max_mb", log_max_mb, log_max_mb > 0, "a number of MiB > 0"),
@@ -78,6 +82,7 @@ class Recorder:
         self.dir = Path(serving_dir)
         self.window_seconds = window_minutes * 60
         self.shadow = shadow            # (version, predict) of the silent challenger, or None
+        self.log, self.profile = log, profile
         self.worker = f"{os.getpid()}"
         self.queue_max_rows = int(queue_max_rows)
         self.log_max_bytes = int(log_max_mb * 2**20)
@@ -103,13 +108,13 @@ class Recorder:
         self.errors = 0
 
     def start(self) -> "Recorder":
-        (self.dir / "profiles").mkdir(parents=True, exist_ok=True)
-        (self.dir / PREDICTIONS).mkdir(parents=True, exist_ok=True)
-        (self.dir / REQUESTS).mkdir(parents=True, exist_ok=True)
-        package_root = str(Path(__file__).resolve().parents[2])  # importable from a Bento's source too
-        env = config.child_environment(python_path=package_root)
-        self._process = subprocess.Popen([sys.executable, "-m", "mlops_nb.serving.profiler", str(self.dir),
-                                          self.worker], stdin=subprocess.PIPE, env=env)
+        for folder in (["profiles"] if self.profile else []) + ([PREDICTIONS, REQUESTS] if self.log else []):
+            (self.dir / folder).mkdir(parents=True, exist_ok=True)
+        if self.profile:
+            package_root = str(Path(__file__).resolve().parents[2])  # importable from a Bento's source too
+            env = config.child_environment(python_path=package_root)
+            self._process = subprocess.Popen([sys.executable, "-m", "mlops_nb.serving.profiler", str(self.dir),
+                                              self.worker], stdin=subprocess.PIPE, env=env)
         self._thread.start()
         return self
 
@@ -163,6 +168,8 @@ class Recorder:
 
     def _to_profiler(self) -> None:
         pending, self._pending, self._sent_at = self._pending, {}, time.monotonic()
+        if not pending:
+            return
         try:
             for start in sorted(pending):
                 send(self._process.stdin, (start, pd.concat(pending[start], ignore_index=True)))
@@ -188,7 +195,8 @@ class Recorder:
                     self._queued_rows -= rows
         if requests:
             try:
-                self._log_requests(requests)
+                if self.log:
+                    self._log_requests(requests)
             except Exception as e:
                 self.errors += 1
                 print(f"mlops-nb recorder: could not write {len(requests)} line(s) of the request log: {e!r}",
@@ -269,38 +277,44 @@ class Recorder:
         for start in sorted({self._window_of(b[0]) for b in batch}):
             part = [b for b in batch if self._window_of(b[0]) == start]
             inputs = _frame([b[4] for b in part])
-            sizes = [len(b[4]) for b in part]
-            p_late = np.concatenate([b[5] for b in part])
-            arms = np.repeat([b[3] for b in part], sizes)
-            shadow = None
-            if self.shadow is not None:
-                shadow_version, predict = self.shadow
-                shadow = predict(inputs)
-            # one vectorised JSON encoding of all inputs (NaN -> null), then a line a row
-            encoded = inputs.to_json(orient="records", lines=True, double_precision=15).splitlines()
-            lines, i = [], 0
-            for (at, request_id, version, arm, _, p, key, latency_ms), n in zip(part, sizes):
-                self._rows_of[request_id] = n
-                # PREDICTION_FIELDS order: request_id, key, at, model_version, arm, row, inputs, p_late,
-                # latency_ms, shadow. The request id (hex), version (a tag's hex) and arm need no escaping;
-                # the client's key does (json.dumps would cost 3 us a line, a fifth of the drain)
-                head = (f'{{"request_id": "{request_id}", "key": {"null" if key is None else json.dumps(key)}, '
-                        f'"at": "{self._stamp(at)}", "model_version": "{version}", "arm": "{arm}"')
-                latency = "null" if latency_ms is None else repr(round(latency_ms, 3))
-                for row in range(n):
-                    tail = (f', "row": {row}, "inputs": {encoded[i]}, "p_late": {float(p[row])!r}, '
-                            f'"latency_ms": {latency}, "shadow": ')
-                    if shadow is not None:
-                        tail += (f'{{"arm": "challenger", "model_version": "{shadow_version}", '
-                                 f'"p_late": {float(shadow[i])!r}}}')
-                    else:
-                        tail += "null"
-                    lines.append(head + tail + "}\n")
-                    i += 1
-            with open(self._path(PREDICTIONS, start), "a", encoding="utf-8") as f:
-                f.writelines(lines)
-            self.rows_logged += len(inputs)
-            self._pending.setdefault(start, []).append(inputs.assign(p_late=p_late, arm=arms))
+            if self.log:
+                self._write_predictions(start, part, inputs)
+            if self.profile:
+                sizes = [len(b[4]) for b in part]
+                self._pending.setdefault(start, []).append(
+                    inputs.assign(p_late=np.concatenate([b[5] for b in part]),
+                                  arm=np.repeat([b[3] for b in part], sizes)))
+
+    def _write_predictions(self, start: float, part: list, inputs: pd.DataFrame) -> None:
+        shadow = None
+        if self.shadow is not None:
+            shadow_version, predict = self.shadow
+            shadow = predict(inputs)
+        # one vectorised JSON encoding of all inputs (NaN -> null), then a line a row
+        encoded = inputs.to_json(orient="records", lines=True, double_precision=15).splitlines()
+        lines, i = [], 0
+        for at, request_id, version, arm, rows, p, key, latency_ms in part:
+            n = len(rows)
+            self._rows_of[request_id] = n
+            # PREDICTION_FIELDS order: request_id, key, at, model_version, arm, row, inputs, p_late,
+            # latency_ms, shadow. The request id (hex), version (a tag's hex) and arm need no escaping;
+            # the client's key does (json.dumps would cost 3 us a line, a fifth of the drain)
+            head = (f'{{"request_id": "{request_id}", "key": {"null" if key is None else json.dumps(key)}, '
+                    f'"at": "{self._stamp(at)}", "model_version": "{version}", "arm": "{arm}"')
+            latency = "null" if latency_ms is None else repr(round(latency_ms, 3))
+            for row in range(n):
+                tail = (f', "row": {row}, "inputs": {encoded[i]}, "p_late": {float(p[row])!r}, '
+                        f'"latency_ms": {latency}, "shadow": ')
+                if shadow is not None:
+                    tail += (f'{{"arm": "challenger", "model_version": "{shadow_version}", '
+                             f'"p_late": {float(shadow[i])!r}}}')
+                else:
+                    tail += "null"
+                lines.append(head + tail + "}\n")
+                i += 1
+        with open(self._path(PREDICTIONS, start), "a", encoding="utf-8") as f:
+            f.writelines(lines)
+        self.rows_logged += len(inputs)
 
     def _window_of(self, at: float) -> float:
         return at - (at % self.window_seconds)

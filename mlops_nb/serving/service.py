@@ -24,6 +24,7 @@ feedback log, durably, before it answers.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import hashlib
@@ -48,6 +49,7 @@ from ..errors import MlopsNbError
 from ..registry.inference import Compiled, Scorer
 from . import metrics
 from .access import GetModel, RequestLog
+from .direct import Direct
 from .limits import RequestGuard
 from .recorder import Recorder, limits
 from .schemas import FeedbackAnswer, ModelInfo, Prediction, feedback_model, request_models
@@ -168,8 +170,9 @@ class FlightDelay:
             self.challenger = load(tags["challenger"], compiled)
         shadow = (self.challenger.version, self.challenger.predict) if self.mode == "shadow" else None
         out = config.serving_dir(SETTINGS, in_bento=BENTO is not None)
-        self.recorder = (Recorder(out, SETTINGS.serving.profile_window_minutes, shadow, **limits(SETTINGS))
-                         if SETTINGS.serving.profile_requests else None)
+        log, profile = SETTINGS.serving.log_predictions, SETTINGS.serving.profile_requests
+        self.recorder = (Recorder(out, SETTINGS.serving.profile_window_minutes, shadow, log=log, profile=profile,
+                                  **limits(SETTINGS)) if log or profile else None)
         self.out = out
         self._feedback_lock = threading.Lock()  # one append at a time to this worker's file
         self.share = SETTINGS.serving.canary_share if self.mode == "canary" else 0.0
@@ -185,13 +188,22 @@ class FlightDelay:
         threadpool_limits(1)
         if self.recorder is not None:
             self.recorder.start()
-            REQUEST_LOG.recorder = self.recorder
+            REQUEST_LOG.recorder = self.recorder if self.recorder.log else None
         MODEL_INFO.describe = lambda: self.info().model_dump(mode="json")
+        DIRECT.instance = self
+        self._flush_metrics(asyncio.get_running_loop())
         gc.collect()
         gc.freeze()  # the loaded model and libraries leave the collector's sight: no long pauses under load
 
+    def _flush_metrics(self, loop) -> None:
+        metrics.flush()
+        self._flusher = loop.call_later(metrics.FLUSH_SECONDS, self._flush_metrics, loop)
+
     @bentoml.on_shutdown
     def _stop(self) -> None:
+        DIRECT.instance = None
+        self._flusher.cancel()
+        metrics.flush()
         if self.recorder is not None:
             REQUEST_LOG.recorder = None
             self.recorder.close()
@@ -279,11 +291,16 @@ class FlightDelay:
 class _Sink:
     recorder = None  # the running service's recorder, set at start-up
     describe = None  # the running service's model description (GET /model), set at start-up
+    instance = None  # the running service, set at start-up
 
 
 REQUEST_LOG = _Sink()
 MODEL_INFO = _Sink()
+DIRECT = _Sink()
 # the request log outermost, so that it sees the size limit's refusals too
 FlightDelay.add_asgi_middleware(RequestLog, routes=LOGGED_ROUTES, sink=REQUEST_LOG)
 FlightDelay.add_asgi_middleware(RequestGuard, max_bytes=MAX_BODY_BYTES)
+FlightDelay.add_asgi_middleware(metrics.Scrape)
 FlightDelay.add_asgi_middleware(GetModel, route="/model", source=MODEL_INFO)
+FlightDelay.add_asgi_middleware(Direct, service=FlightDelay, routes={"/predict": "predict",
+                                                                    "/predict_batch": "predict_batch"}, source=DIRECT)
