@@ -151,6 +151,27 @@ def test_model_endpoint(served, http):
     assert "git_commit" in champ["lineage"] and "scikit-learn" in champ["lineage"]["versions"]
 
 
+def test_prediction_routes_answer_as_bentoml_does(http):
+    """/predict and /predict_batch go around BentoML's endpoint (serving/direct.py): the same input model
+    (its OpenAPI schema, its 400 with BentoML's ``error`` and ``detail``), the same answer and headers."""
+    from mlops_nb.serving.schemas import Prediction
+    from mlops_nb.serving.service import FlightDelay
+
+    schema = http.get("/docs.json").json()
+    for route, body in (("/predict", {"flights": [GOOD]}), ("/predict_batch", {"columns": _COLUMNS})):
+        assert route in schema["paths"], route
+        r = http.post(route, json=body)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["server"] == "BentoML Service/flight_delay"
+        assert Prediction.model_validate_json(r.content).model_dump_json().encode() == r.content
+        assert re.fullmatch(r"[0-9a-f]{16}", r.json()["request_id"])
+        bad = http.post(route, json={**body, "unknown": 1})
+        title = FlightDelay.apis[route.strip("/")].input_spec.__name__
+        assert bad.status_code == 400 and bad.json()["error"] == f"1 validation error for {title}", bad.text
+        assert [d["loc"] for d in bad.json()["detail"]] == [["unknown"]], bad.text
+
+
 def test_predict_has_no_skew(served, path_http, rows, champion_p):
     """The test-set rows through /predict give the offline predictions: exactly (==) on the scikit-learn path."""
     http, exact = path_http
