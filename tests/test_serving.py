@@ -154,8 +154,13 @@ def test_model_endpoint(served, http):
 def test_prediction_routes_answer_as_bentoml_does(http):
     """/predict and /predict_batch go around BentoML's endpoint (serving/direct.py): the same input model
     (its OpenAPI schema, its 400 with BentoML's ``error`` and ``detail``), the same answer and headers."""
+    from bentoml._internal.server.http import traffic
+
+    from mlops_nb.serving.limits import Deadline
     from mlops_nb.serving.schemas import Prediction
     from mlops_nb.serving.service import FlightDelay
+
+    assert traffic.TimeoutMiddleware is Deadline  # what BentoML builds the app with, once the service is imported
 
     schema = http.get("/docs.json").json()
     for route, body in (("/predict", {"flights": [GOOD]}), ("/predict_batch", {"columns": _COLUMNS})):

@@ -38,6 +38,7 @@ from typing import Optional
 
 import anyio.to_thread
 import bentoml
+from bentoml._internal.server.http import traffic
 import numpy as np
 import pandas as pd
 from starlette.responses import JSONResponse
@@ -50,7 +51,7 @@ from ..registry.inference import Compiled, Scorer
 from . import metrics
 from .access import GetModel, RequestLog
 from .direct import Direct
-from .limits import RequestGuard
+from .limits import Deadline, RequestGuard
 from .recorder import Recorder, limits
 from .schemas import FeedbackAnswer, ModelInfo, Prediction, feedback_model, request_models
 
@@ -142,6 +143,7 @@ class _RefusalsInOneLine(logging.Filter):
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_RefusalsInOneLine())
+traffic.TimeoutMiddleware = Deadline  # BentoML's traffic timeout, without its timers' leak (see limits.Deadline)
 
 if BENTO is None:  # a Bento's models come from the Bento, not the project's store
     config.use_bentoml_home(SETTINGS.path("bentoml_home"))
