@@ -10,8 +10,8 @@ time on 127.0.0.1 (no two measured servers share the 2 cores):
   bare          bench/bare_app.py: Starlette + uvicorn, the same Scorer (compiled), no validation, no logging
 For each round (the servers' order turns each round) a server is started, warmed up, left until its
 process tree is idle (its profiler imports whylogs once, at start), measured with wrk
-(POST /predict, one flight record) at 16 concurrent connections and by a Python client one request at a time
-(1 concurrent: wrk's latency figures at 1 connection are not self-consistent against a BentoML server, their
+(POST /predict, one flight record) at 16 concurrent connections (wrk) and by a Python client one request at
+a time (each request timed by the client: wrk's latency figures at 1 connection were seen inconsistent, their
 mean x count several times the run's length, see ``busy``), then left idle until its recorder
 and profiler are done (PROFILE_SECONDS and a margin), its process tree's CPU read, and stopped, before
 the next one starts. Figures are medians over rounds. The profiling cost is end to end: server CPU a
