@@ -13,9 +13,11 @@ compiled form (treelite) up to the number of rows where that is the faster (meas
 saved), else with scikit-learn. Requests of more than ``INLINE_ROWS`` rows are scored in a worker thread, so
 that the event loop (health checks included) keeps answering.
 
-Speed (see bench/serving.py): async endpoints, BentoML's tracing excluded from the API routes, access log
-off by default, a full garbage collection then ``gc.freeze()`` at start-up, and request profiling handed
-to a background thread.
+Speed (see bench/serving.py): the prediction routes answered over HTTP by ``direct.Direct`` (the same
+input models and methods, without BentoML's endpoint machinery), async endpoints, BentoML's tracing excluded
+from the API routes, its traffic timeout replaced by ``limits.Deadline`` (BentoML's left every request's
+timer in the event loop), metrics counted in process, access log off by default, a full garbage collection
+then ``gc.freeze()`` at start-up, and the logs and profiles handed to a background thread.
 
 Logs (formats in ``data.logs``): the recorder writes the prediction log (a line a row, with the request's
 key and latency) and the request log (a line a request to /predict, /predict_batch and /feedback,
