@@ -267,6 +267,42 @@ def test_unknown_feedback_is_kept_and_matched_when_the_prediction_arrives(proj):
     assert windows_of(r2)[hour_start(5)]["labelled"] == 3  # two by request id, one by key
 
 
+
+def test_unknown_and_duplicate_counts_follow_the_new_rows(proj):
+    """A call updates the counts of duplicate feedback lines and of labels that match no prediction from its
+    new rows (the last call's counts, not the whole tables read again): after every call they are what
+    counting the whole store gives."""
+    settings, lg = proj
+
+    def recount():
+        return stored(settings, """
+            WITH ids AS (SELECT DISTINCT request_id FROM feedback WHERE request_id IS NOT NULL),
+                 keys AS (SELECT DISTINCT key FROM feedback WHERE request_id IS NULL AND key IS NOT NULL)
+            SELECT (SELECT count(*) FROM feedback) - (SELECT count(*) FROM ids) - (SELECT count(*) FROM keys),
+                   (SELECT count(*) FROM ids WHERE request_id NOT IN (
+                        SELECT request_id FROM predictions WHERE request_id IS NOT NULL))
+                 + (SELECT count(*) FROM keys WHERE key NOT IN (SELECT key FROM predictions WHERE key IS NOT NULL))
+            """)[0]
+
+    steps = [
+        lambda: lg.window(0, n=20, keys=True),
+        lambda: lg.feedback([(rid(0, 0), None, True), (rid(3, 0), None, False), (None, "k3-1", True),
+                             (None, "k0-2", False), (None, "no-such-key", True)], name="a.jsonl"),
+        lambda: (lg.window(3, n=10, keys=True),  # matches earlier feedback by id and by key
+                 lg.feedback([(rid(0, 0), None, False), (rid(4, 0), None, True), (rid(4, 0), None, True)],
+                             name="b.jsonl")),
+        lambda: lg.feedback([(None, "k3-1", False), (rid(3, 2), None, True)], name="a.jsonl"),
+        lambda: lg.window(4, n=5),
+        lambda: None,  # nothing new
+    ]
+    counts = []
+    for step in steps:
+        step()
+        r = monitor.monitor(settings)
+        counts.append((r.read["duplicates_total"], r.read["unknown_labels"]))
+        assert counts[-1] == recount()
+    assert counts == [(0, 0), (0, 3), (2, 2), (3, 2), (3, 1), (3, 1)]
+
 def test_minimum_labels_and_one_class(proj):
     settings, lg = proj
     lg.window(0, n=40)

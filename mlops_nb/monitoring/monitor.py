@@ -156,6 +156,8 @@ def monitor(settings, window: str | None = None) -> Report:
         raise SettingsError(f"The window must be one of '1h', '1d'; got {length!r} instead.")
     serving = config.serving_dir(settings, in_bento=False)
     report = Report(serving, store.store_path(settings), length)
+    import duckdb  # noqa: F401  (before the thread: two imports at once take turns on the GIL)
+
     threading.Thread(target=_warm_imports, name="mlops-nb-monitor-imports", daemon=True).start()
     with store.lock(settings):
         incoming = settings.path("monitoring_dir") / store.INCOMING_DIR
@@ -322,7 +324,7 @@ def _plan(con, serving: Path, incoming: Path, report: Report) -> dict:
                 # the whole file, ending in a newline: DuckDB reads it in place (``_stage`` checks that it
                 # did not grow meanwhile, else reads a copy of its first ``end`` bytes)
                 entry["chunk"], entry["direct"] = path, True
-                entry["newlines"] = _count_newlines(path)
+                entry["newlines"] = None  # counted only if DuckDB leaves bytes of it unread (``_stage``)
             elif end > offset:
                 entry["chunk"] = incoming / f"{len(files):05d}-{path.name}"
                 entry["newlines"] = _copy_range(path, entry["chunk"], offset, end)
@@ -378,38 +380,44 @@ def _ingest(con, plan: dict, seq: int, report: Report) -> dict:
             "warnings = ingested_files.warnings + excluded.warnings, last_seq = excluded.last_seq",
             [rel, kind, (f["end"] + f["skipped_tail"]) if f["end"] is not None else 0, f["size"], f["mtime"],
              lines, warned, seq, f["reset"]])
-    if feedback_changes:  # new lines whose identifier has feedback already (or earlier in the same batch)
-        fresh = con.execute("""
-            SELECT (SELECT count(DISTINCT request_id) FROM stage_feedback WHERE ok AND request_id NOT IN (
-                        SELECT request_id FROM feedback WHERE request_id IN (SELECT request_id FROM aff_id)))
-                 + (SELECT count(DISTINCT key) FROM stage_feedback WHERE ok AND request_id IS NULL AND key NOT IN (
-                        SELECT key FROM feedback WHERE request_id IS NULL AND key IN (SELECT key FROM aff_key)))
-            """).fetchone()[0]
+    fresh_ids = fresh_keys = 0
+    if feedback_changes:  # the identifiers of the new lines that have no feedback yet (the rest are duplicates)
+        con.execute("""CREATE OR REPLACE TEMP TABLE fresh_id AS SELECT DISTINCT request_id FROM stage_feedback
+            WHERE ok AND request_id IS NOT NULL AND request_id NOT IN (
+                SELECT request_id FROM feedback WHERE request_id IN (SELECT request_id FROM aff_id))""")
+        con.execute("""CREATE OR REPLACE TEMP TABLE fresh_key AS SELECT DISTINCT key FROM stage_feedback
+            WHERE ok AND request_id IS NULL AND key IS NOT NULL AND key NOT IN (
+                SELECT key FROM feedback WHERE request_id IS NULL AND key IN (SELECT key FROM aff_key))""")
+        fresh_ids, fresh_keys = con.execute(
+            "SELECT (SELECT count(*) FROM fresh_id), (SELECT count(*) FROM fresh_key)").fetchone()
     for kind in LOG_KINDS:  # the parsed lines, staged before the transaction
-        con.execute(f"INSERT INTO {kind} SELECT ?, * EXCLUDE (ok, corrupt) FROM stage_{kind} WHERE ok", [seq])
-    # windows touched by new rows
-    _mark_stale(con, "SELECT \"at\" FROM predictions WHERE seq = ?", [seq])
-    _mark_stale(con, "SELECT \"at\" FROM requests WHERE seq = ?", [seq])
+        con.execute(f"INSERT INTO {kind} SELECT ?, * EXCLUDE (ok, corrupt, nbytes) FROM stage_{kind} WHERE ok",
+                    [seq])
+    # windows touched by new rows, and by the predictions whose label changed
+    stale_at = ["SELECT \"at\" FROM predictions WHERE seq = $seq", "SELECT \"at\" FROM requests WHERE seq = $seq"]
+    read["duplicates"] = read["feedback"] - fresh_ids - fresh_keys
+    read["labels_changed"] = 0
     if feedback_changes:
-        read["duplicates"] = read["feedback"] - fresh
         con.execute(f"CREATE OR REPLACE TEMP TABLE labels_after AS {_AFFECTED_LABELS_SQL}")
         con.execute("""CREATE OR REPLACE TEMP TABLE labels_changed AS
             SELECT coalesce(a.ident, b.ident) AS ident FROM labels_after a FULL OUTER JOIN labels_before b
             ON a.ident = b.ident WHERE a.late IS DISTINCT FROM b.late""")
         read["labels_changed"] = con.execute("SELECT count(*) FROM labels_changed").fetchone()[0]
-        _mark_stale(con, """
-            SELECT p."at" FROM predictions p WHERE p.request_id IN (
-                SELECT substr(ident, 4) FROM labels_changed WHERE starts_with(ident, 'id:'))
-            UNION ALL
-            SELECT p."at" FROM predictions p WHERE p.key IN (
-                SELECT substr(ident, 5) FROM labels_changed WHERE starts_with(ident, 'key:'))""", [])
-    else:
-        read["labels_changed"] = 0
-    changed = read["predictions"] or read["feedback"] or any(f["reset"] for f in plan["files"])
+    if read["labels_changed"]:
+        stale_at.append("""SELECT p."at" FROM predictions p WHERE p.request_id IN (
+                              SELECT substr(ident, 4) FROM labels_changed WHERE starts_with(ident, 'id:'))
+                          OR p.key IN (SELECT substr(ident, 5) FROM labels_changed WHERE starts_with(ident, 'key:'))""")
+    _mark_stale(con, " UNION ALL ".join(stale_at), {"seq": seq})
+    resets = any(f["reset"] for f in plan["files"])
+    changed = read["predictions"] or read["feedback"] or resets
     last = con.execute("SELECT summary FROM calls ORDER BY seq DESC LIMIT 1").fetchone()
     last = json.loads(last[0]) if last else {}
     if not changed and "unknown_labels" in last:  # nothing that could change them: as the last call said
         read["duplicates_total"], read["unknown_labels"] = last["duplicates_total"], last["unknown_labels"]
+    elif not resets and "unknown_labels" in last:  # rows were only added: the last call's counts, updated
+        read["duplicates_total"] = last["duplicates_total"] + read["duplicates"]
+        read["unknown_labels"] = last["unknown_labels"] + _unknown_change(con, seq, fresh_ids, fresh_keys,
+                                                                          bool(read["predictions"]))
     else:
         read["duplicates_total"], read["unknown_labels"] = con.execute("""
             WITH ids AS (SELECT DISTINCT request_id FROM feedback WHERE request_id IS NOT NULL),
@@ -434,10 +442,38 @@ _AFFECTED_LABELS_SQL = """
     WHERE request_id IS NULL AND key IN (SELECT key FROM aff_key) GROUP BY key"""
 
 
-def _mark_stale(con, at_sql: str, params: list) -> None:
+def _unknown_change(con, seq: int, fresh_ids: int, fresh_keys: int, predictions: bool) -> int:
+    """How this call's rows change the count of feedback identifiers that no prediction has, when no rows
+    were dropped: plus its new identifiers (``fresh_id``, ``fresh_key``) that no prediction has, minus the
+    earlier feedback's identifiers whose first prediction came now. Only the new rows' identifiers are looked
+    up, where counting them all again reads the whole feedback and predictions tables."""
+    change = 0
+    if fresh_ids or fresh_keys:
+        change += fresh_ids + fresh_keys - con.execute("""
+            SELECT (SELECT count(DISTINCT request_id) FROM predictions WHERE request_id IN (
+                        SELECT request_id FROM fresh_id))
+                 + (SELECT count(DISTINCT key) FROM predictions WHERE key IN (SELECT key FROM fresh_key))
+            """).fetchone()[0]
+    if predictions:
+        change -= con.execute("""
+            WITH ids AS (SELECT DISTINCT request_id FROM feedback WHERE seq < $seq AND request_id IN (
+                             SELECT request_id FROM stage_predictions WHERE ok)),
+                 keys AS (SELECT DISTINCT key FROM feedback WHERE seq < $seq AND request_id IS NULL AND key IN (
+                             SELECT key FROM stage_predictions WHERE ok))
+            SELECT (SELECT count(*) FROM ids WHERE request_id NOT IN (SELECT request_id FROM predictions
+                        WHERE seq < $seq AND request_id IN (SELECT request_id FROM ids)))
+                 + (SELECT count(*) FROM keys WHERE key NOT IN (SELECT key FROM predictions
+                        WHERE seq < $seq AND key IN (SELECT key FROM keys)))""", {"seq": seq}).fetchone()[0]
+    return change
+
+
+def _mark_stale(con, at_sql: str, params) -> None:
+    """Marks the windows (of both lengths) of the times ``at_sql`` selects; it runs once."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE stale_hours AS SELECT DISTINCT date_trunc('hour', \"at\") AS h "
+                f"FROM ({at_sql}) WHERE \"at\" IS NOT NULL", params)
     for length, unit in store.WINDOW_UNITS.items():
-        con.execute(f"INSERT OR IGNORE INTO stale_windows SELECT DISTINCT '{length}', date_trunc('{unit}', \"at\") "
-                    f"FROM ({at_sql}) WHERE \"at\" IS NOT NULL", params)
+        con.execute(f"INSERT OR IGNORE INTO stale_windows SELECT DISTINCT '{length}', date_trunc('{unit}', h) "
+                    "FROM stale_hours")
 
 
 def _stage_chunk(con, f: dict, chunk: Path) -> None:
@@ -445,9 +481,9 @@ def _stage_chunk(con, f: dict, chunk: Path) -> None:
     fields, valid, _ = SELECT[kind]
     con.execute(f"""INSERT INTO stage_{kind}
         SELECT $file AS file, n, {fields}, j IS NOT NULL AND {valid} AS ok,
-               CASE WHEN NOT blank THEN j IS NULL END AS corrupt FROM (
+               CASE WHEN NOT blank THEN j IS NULL END AS corrupt, nbytes FROM (
             SELECT n, CASE WHEN line IS NULL THEN true WHEN starts_with(line, '{{') THEN false
-                           ELSE trim(line) = '' END AS blank,
+                           ELSE trim(line) = '' END AS blank, coalesce(strlen(line), 0) + 1 AS nbytes,
                    -- one parse a line: try() is NULL for text that is not JSON; an array or a number
                    -- gives a struct of NULLs, so an object must also start with '{{' (CASE: the costlier
                    -- tests run only on the rows the cheap ones leave)
@@ -471,10 +507,12 @@ def _stage(con, plan: dict, report: Report) -> None:
     """Parse every chunk into ``stage_<kind>`` (temporary tables, before the transaction: nothing of it
     persists), one DuckDB statement a chunk: whole lines (``read_csv`` of one text column, numbered in file
     order), ``from_json`` into the format's fields; a row keeps ``ok`` (a JSON object with the fields a row
-    needs) and ``corrupt`` (not a JSON object). Sets each chunk's lines, kept and skipped, with warnings."""
+    needs) and ``corrupt`` (not a JSON object), and ``nbytes`` (the line's, with its newline: when a file's add
+    up to its bytes, every line was read, and a file read in place need not be read again to count its
+    lines). Sets each chunk's lines, kept and skipped, with warnings."""
     for kind in LOG_KINDS:
         con.execute(f"CREATE OR REPLACE TEMP TABLE stage_{kind} AS SELECT * EXCLUDE (seq), TRUE AS ok, "
-                    f"TRUE AS corrupt FROM {kind} LIMIT 0")
+                    f"TRUE AS corrupt, 0::BIGINT AS nbytes FROM {kind} LIMIT 0")
     for f in plan["files"]:
         if f["kind"] == logs.PROFILES or f["chunk"] is None:
             continue
@@ -490,12 +528,14 @@ def _stage(con, plan: dict, report: Report) -> None:
     for kind in LOG_KINDS:
         counts = {r[0]: r[1:] for r in con.execute(
             f"SELECT file, count(*), count(*) FILTER (WHERE ok), count(*) FILTER (WHERE corrupt), "
-            f"count(*) FILTER (WHERE corrupt IS NULL) FROM stage_{kind} GROUP BY file").fetchall()}
+            f"count(*) FILTER (WHERE corrupt IS NULL), sum(nbytes) FROM stage_{kind} GROUP BY file").fetchall()}
         for f in plan["files"]:
             if f["kind"] != kind or f["chunk"] is None:
                 continue
             rel = f["rel"]
-            total, kept, corrupt, blank = counts.get(rel, (0, 0, 0, 0))
+            total, kept, corrupt, blank, nbytes = counts.get(rel, (0, 0, 0, 0, 0))
+            if f["newlines"] is None:
+                f["newlines"] = total if nbytes == f["end"] - f["offset"] else _count_newlines(f["path"])
             lines = total - blank  # blank lines are neither read nor warned about
             unreadable = max(0, f["newlines"] - total)  # lines read_csv could not read at all (not UTF-8)
             f["lines"], f["kept"], f["skipped"] = lines + unreadable, kept, lines - kept + unreadable
