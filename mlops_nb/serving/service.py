@@ -192,9 +192,9 @@ class FlightDelay:
         threadpool_limits(1)
         if self.recorder is not None:
             self.recorder.start()
-            REQUEST_LOG.recorder = self.recorder if self.recorder.log else None
-        MODEL_INFO.describe = lambda: self.info().model_dump(mode="json")
-        DIRECT.instance = self
+            RUNNING.recorder = self.recorder if self.recorder.log else None
+        RUNNING.describe = lambda: self.info().model_dump(mode="json")
+        RUNNING.instance = self
         self._flush_metrics(asyncio.get_running_loop())
         gc.collect()
         gc.freeze()  # the loaded model and libraries leave the collector's sight: no long pauses under load
@@ -205,11 +205,11 @@ class FlightDelay:
 
     @bentoml.on_shutdown
     def _stop(self) -> None:
-        DIRECT.instance = None
+        RUNNING.instance = None
         self._flusher.cancel()
         metrics.flush()
         if self.recorder is not None:
-            REQUEST_LOG.recorder = None
+            RUNNING.recorder = None
             self.recorder.close()
 
     async def answer(self, rows, n: int, key: Optional[str], started: float, first: dict, route: str) -> Prediction:
@@ -296,19 +296,19 @@ class FlightDelay:
                          challenger=self.challenger.describe() if self.challenger else {})
 
 
-class _Sink:
-    recorder = None  # the running service's recorder, set at start-up
-    describe = None  # the running service's model description (GET /model), set at start-up
-    instance = None  # the running service, set at start-up
+class _Running:
+    """What the middlewares need of the running service, set at start-up (None until then)."""
+
+    recorder = None  # its recorder, when it writes the logs (RequestLog)
+    describe = None  # its model description (GetModel)
+    instance = None  # the service itself (Direct)
 
 
-REQUEST_LOG = _Sink()
-MODEL_INFO = _Sink()
-DIRECT = _Sink()
+RUNNING = _Running()
 # the request log outermost, so that it sees the size limit's refusals too
-FlightDelay.add_asgi_middleware(RequestLog, routes=LOGGED_ROUTES, sink=REQUEST_LOG)
+FlightDelay.add_asgi_middleware(RequestLog, routes=LOGGED_ROUTES, sink=RUNNING)
 FlightDelay.add_asgi_middleware(RequestGuard, max_bytes=MAX_BODY_BYTES)
 FlightDelay.add_asgi_middleware(metrics.Scrape)
-FlightDelay.add_asgi_middleware(GetModel, route="/model", source=MODEL_INFO)
+FlightDelay.add_asgi_middleware(GetModel, route="/model", source=RUNNING)
 FlightDelay.add_asgi_middleware(Direct, service=FlightDelay, routes={"/predict": "predict",
-                                                                    "/predict_batch": "predict_batch"}, source=DIRECT)
+                                                                    "/predict_batch": "predict_batch"}, source=RUNNING)
