@@ -419,14 +419,7 @@ def _ingest(con, plan: dict, seq: int, report: Report) -> dict:
         read["unknown_labels"] = last["unknown_labels"] + _unknown_change(con, seq, fresh_ids, fresh_keys,
                                                                           bool(read["predictions"]))
     else:
-        read["duplicates_total"], read["unknown_labels"] = con.execute("""
-            WITH ids AS (SELECT DISTINCT request_id FROM feedback WHERE request_id IS NOT NULL),
-                 keys AS (SELECT DISTINCT key FROM feedback WHERE request_id IS NULL AND key IS NOT NULL)
-            SELECT (SELECT count(*) FROM feedback) - (SELECT count(*) FROM ids) - (SELECT count(*) FROM keys),
-                   (SELECT count(*) FROM ids WHERE request_id NOT IN (
-                        SELECT request_id FROM predictions WHERE request_id IS NOT NULL))
-                 + (SELECT count(*) FROM keys WHERE key NOT IN (SELECT key FROM predictions WHERE key IS NOT NULL))
-            """).fetchone()
+        read["duplicates_total"], read["unknown_labels"] = con.execute(FEEDBACK_COUNTS_SQL).fetchone()
     read["warnings_by_kind"] = {}
     for w in report.warnings:
         read["warnings_by_kind"][w["kind"]] = read["warnings_by_kind"].get(w["kind"], 0) + w["count"]
@@ -434,6 +427,14 @@ def _ingest(con, plan: dict, seq: int, report: Report) -> dict:
 
 
 # the label of each affected identifier (aff_id, aff_key): its last feedback by received_at (then by arrival)
+# duplicate feedback lines, and feedback identifiers that no prediction has, counted over the whole store
+FEEDBACK_COUNTS_SQL = """
+    WITH ids AS (SELECT DISTINCT request_id FROM feedback WHERE request_id IS NOT NULL),
+         keys AS (SELECT DISTINCT key FROM feedback WHERE request_id IS NULL AND key IS NOT NULL)
+    SELECT (SELECT count(*) FROM feedback) - (SELECT count(*) FROM ids) - (SELECT count(*) FROM keys),
+           (SELECT count(*) FROM ids WHERE request_id NOT IN (
+                SELECT request_id FROM predictions WHERE request_id IS NOT NULL))
+         + (SELECT count(*) FROM keys WHERE key NOT IN (SELECT key FROM predictions WHERE key IS NOT NULL))"""
 _AFFECTED_LABELS_SQL = """
     SELECT 'id:' || request_id AS ident, arg_max(late, (received_at, seq, file, line)) AS late FROM feedback
     WHERE request_id IN (SELECT request_id FROM aff_id) GROUP BY request_id

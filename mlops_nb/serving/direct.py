@@ -33,8 +33,7 @@ class Direct:
         self.source = source
         self.routes = {path: (service.apis[name].input_spec, service.apis[name].func)
                        for path, name in routes.items()}
-        self.headers = [(b"content-type", b"application/json"),
-                        (b"server", f"BentoML Service/{service.name}".encode())]
+        self.server = [(b"server", f"BentoML Service/{service.name}".encode())]  # BentoML's answers carry it
 
     async def __call__(self, scope, receive, send):
         route = self.routes.get(scope.get("path")) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -49,15 +48,16 @@ class Direct:
             logger.info("Exception on %s [POST]: refused, %d validation error(s)", scope["path"], exc.error_count())
             return await send_json(send, 400, {"error": f"{exc.error_count()} validation error for {exc.title}",
                                                "detail": exc.errors(include_context=False, include_input=False)},
-                                   self.headers[1:])
+                                   self.server)
         try:
             answer = await func(instance, request)
         except Exception:
             logger.exception("Exception on %s [POST]", scope["path"])
-            return await send_json(send, 500, {"error": UNEXPECTED}, self.headers[1:])
+            return await send_json(send, 500, {"error": UNEXPECTED}, self.server)
         data = answer.model_dump_json().encode()
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [*self.headers, (b"content-length", str(len(data)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), *self.server,
+                                (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
 

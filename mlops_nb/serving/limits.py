@@ -48,8 +48,7 @@ class RequestGuard:
     def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
-        self.reading = {}  # the requests reading their body -> when it is late (loop time)
-        self.watch = None  # the next call of _cancel_late, while there are bodies to watch
+        self.late = LateTasks()  # the requests reading their body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -69,10 +68,8 @@ class RequestGuard:
                     return await _refuse(send, 415, problem)
         if length is not None and length > self.max_bytes:
             return await _refuse(send, 413, self._too_big())
-        loop, task = asyncio.get_running_loop(), asyncio.current_task()
-        self.reading[task] = loop.time() + BODY_SECONDS
-        if self.watch is None:
-            self.watch = loop.call_later(1, self._cancel_late, loop)
+        task = asyncio.current_task()
+        self.late.watch(task, BODY_SECONDS, SLOW_BODY)
         chunks, size, message = [], 0, {"type": "http.request", "more_body": True}
         try:
             while message["type"] == "http.request" and message.get("more_body", False):
@@ -91,7 +88,7 @@ class RequestGuard:
                                             f"{promised}instead: send the whole body at once, with a "
                                             "Content-Length that is its size in bytes")
         finally:
-            del self.reading[task]
+            self.late.forget(task, SLOW_BODY)
         if message["type"] != "http.request":  # the client left: no one reads the answer but the request log
             return await _refuse(send, 400, f"the body must be complete; got {size:,} bytes, then the client "
                                             "closed the connection: send the whole body")
@@ -104,15 +101,6 @@ class RequestGuard:
         request = {"type": "http.request", "body": body, "more_body": False}
         return await self.app(scope, _replay(request, receive), _json_errors(scope, send))
 
-    def _cancel_late(self, loop) -> None:
-        """Cancels the reads of late bodies, every second while there are some: cheaper a request than a
-        timer of its own."""
-        now = loop.time()
-        for task, late in list(self.reading.items()):
-            if late <= now:
-                task.cancel(SLOW_BODY)
-        self.watch = loop.call_later(1, self._cancel_late, loop) if self.reading else None
-
     def _too_big(self) -> str:
         return (f"request body over {self.max_bytes:,} bytes; send fewer rows a request (serving.max_rows) or "
                 "split the batch")
@@ -124,31 +112,28 @@ class Deadline:
     one schedules a timer a request that it never cancels, with a future and a task of its own, so at 5,000
     requests a second some 300,000 timers and futures wait out their 60 s in the event loop's heap (the
     worker's memory grew by about 0.75 KiB a request for a minute, every garbage collection walked them,
-    and /predict_batch's rows/s fell 12% after a burst of one-row requests). Here the request runs in its
-    own task, and its timer is cancelled as soon as the answer starts. ``service.py`` puts it in BentoML's
-    place (``bentoml._internal.server.http.traffic.TimeoutMiddleware``, looked up when the app is built)."""
+    and /predict_batch's rows/s fell 12% after a burst of one-row requests). Here the request runs in the
+    server's task, watched by ``LateTasks`` (as the guard watches bodies) until its answer starts; the 504
+    comes within a second of the timeout. ``service.py`` puts it in BentoML's place
+    (``bentoml._internal.server.http.traffic.TimeoutMiddleware``, looked up when the app is built)."""
 
     def __init__(self, app, timeout: float):
         self.app = app
         self.timeout = timeout
+        self.late = LateTasks()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         task = asyncio.current_task()
+        self.late.watch(task, self.timeout, LATE_ANSWER)
         started = False
-
-        def expire():
-            if not started:
-                task.cancel(LATE_ANSWER)
-
-        timer = asyncio.get_running_loop().call_later(self.timeout, expire)
 
         async def timed_send(message):
             nonlocal started
             if not started:
                 started = True
-                timer.cancel()
+                self.late.forget(task, LATE_ANSWER)
             await send(message)
 
         try:
@@ -159,7 +144,34 @@ class Deadline:
             task.uncancel()
             await send_json(send, 504, {"error": f"Not able to process the request in {self.timeout} seconds"})
         finally:
-            timer.cancel()
+            self.late.forget(task, LATE_ANSWER)
+
+
+class LateTasks:
+    """Tasks to cancel, each with its message, once their time has passed: one timer for all of them, every
+    second while there are some (cheaper a request than a timer of its own, and nothing is left behind
+    when a request ends). Used on the event loop only."""
+
+    def __init__(self):
+        self.due = {}  # (task, message) -> when it is late (loop time)
+        self.timer = None  # the next call of _cancel_late, while some task is due
+
+    def watch(self, task, seconds: float, message: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.due[task, message] = loop.time() + seconds
+        if self.timer is None:
+            self.timer = loop.call_later(1, self._cancel_late, loop)
+
+    def forget(self, task, message: str) -> None:
+        self.due.pop((task, message), None)
+
+    def _cancel_late(self, loop) -> None:
+        now = loop.time()
+        for (task, message), late in list(self.due.items()):
+            if late <= now:
+                del self.due[task, message]
+                task.cancel(message)
+        self.timer = loop.call_later(1, self._cancel_late, loop) if self.due else None
 
 
 def _content_type_problem(value: bytes) -> str | None:
