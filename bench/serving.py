@@ -15,8 +15,10 @@ a time (each request timed by the client: wrk's latency figures at 1 connection 
 mean x count several times the run's length, see ``busy``), then left idle until its recorder
 and profiler are done (PROFILE_SECONDS and a margin), its process tree's CPU read, and stopped, before
 the next one starts. Figures are medians over rounds. The profiling cost is end to end: server CPU a
-request at 16 concurrent, process tree (workers and the whylogs profiler), ours against ours-noprof; the
-logs' cost, ours-noprof against ours-nolog, is printed beside it (no target).
+request at 16 concurrent, process tree (workers and the whylogs profiler), ours against ours-noprof,
+measured in ``--pairs`` extra pairs run back to back (the median of their ratios: a few percent is under
+this machine's drift between rounds minutes apart); the logs' cost, ours-noprof against ours-nolog, is
+printed beside it (no target).
 Then POST /predict_batch with 10,000 rows a request (ours and ours-sklearn, 2 concurrent), and in process
 the model-only time of one row: the classifier's predict_proba against the compiled form.
 
@@ -24,12 +26,13 @@ Targets (issue #9), as ratios of the same run: ours at 16 concurrent >= 8x the r
 >= 0.8x bare; p99 at 1 concurrent <= 3x bare's; model-only one row >= 50x faster compiled; /predict_batch
 rows/s not below ours-sklearn's; profiling < 3% of the server's CPU a request.
 
-    .venv/bin/python bench/serving.py [--seconds 8] [--rounds 3] [--json]
+    .venv/bin/python bench/serving.py [--seconds 8] [--rounds 3] [--pairs 4] [--json]
 Needs wrk (Debian package `wrk`; `make bench-serving` installs it).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -133,8 +136,8 @@ def tree_cpu(pid: int) -> float:
     total = 0.0
     for p in [root, *root.children(recursive=True)]:
         try:
-            t = p.cpu_times()
-            total += t.user + t.system
+            t = p.cpu_times()  # with the children it has waited for (a profile's forked half)
+            total += t.user + t.system + t.children_user + t.children_system
         except psutil.Error:
             pass
     return total
@@ -163,6 +166,25 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def server(spec: tuple, project: Path, env: dict, one: Path):
+    """(process, port, url) of a server started from ``spec`` (command, extra environment), warmed up and
+    left until its process tree is idle; stopped on exit."""
+    cmd, extra = spec
+    port = free_port()
+    proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], cwd=project,
+                            env={**env, **extra, "MLOPS_NB_SERVING__MAX_ROWS": str(BATCH_ROWS)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/readyz", proc)
+        wrk(f"{url}/predict", one, 4, 2)  # warm-up
+        settle(proc.pid)
+        yield proc, port, url
+    finally:
+        stop(proc)
 
 
 def build_project(tmp: Path) -> tuple[Path, dict, str]:
@@ -224,6 +246,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=4,
+                    help="pairs of ours and ours-noprof run back to back for profiling's cost (0: from the rounds)")
     ap.add_argument("--json", action="store_true", help="one JSON object with the figures and ratios")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -250,26 +274,22 @@ def main() -> int:
         batch.write_text(LUA % json.dumps({"columns": {k: [v] * BATCH_ROWS for k, v in RECORD.items()}}))
         results: dict = {}
         batches: dict = {}
+
+        def measure(name: str, port: int, url: str, conns: int, pid: int) -> dict:
+            before = tree_cpu(pid)
+            r = (one_at_a_time(port, body, args.seconds) if conns == 1 else
+                 wrk(f"{url}/predict", one, conns, args.seconds))
+            if name != "bare":  # let the recorder log and the profiler profile what came
+                time.sleep(PROFILE_SECONDS + 4)
+            r["cpu_ms"] = (tree_cpu(pid) - before) / max(r["requests"], 1) * 1e3
+            return r
+
         names = list(servers)
         for i in range(args.rounds):
             for name in names[i % len(names):] + names[:i % len(names)]:
-                cmd, extra = servers[name]
-                port = free_port()
-                proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], cwd=project,
-                                        env={**env, **extra, "MLOPS_NB_SERVING__MAX_ROWS": str(BATCH_ROWS)},
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-                try:
-                    url = f"http://127.0.0.1:{port}"
-                    wait_ready(f"{url}/readyz", proc)
-                    wrk(f"{url}/predict", one, 4, 2)  # warm-up
-                    settle(proc.pid)
+                with server(servers[name], project, env, one) as (proc, port, url):
                     for conns in (1, 16):
-                        before = tree_cpu(proc.pid)
-                        r = (one_at_a_time(port, body, args.seconds) if conns == 1 else
-                             wrk(f"{url}/predict", one, conns, args.seconds))
-                        if name != "bare":  # let the recorder log and the profiler profile what came
-                            time.sleep(PROFILE_SECONDS + 4)
-                        r["cpu_ms"] = (tree_cpu(proc.pid) - before) / max(r["requests"], 1) * 1e3
+                        r = measure(name, port, url, conns, proc.pid)
                         results.setdefault((name, conns), []).append(r)
                         say(f"  round {i + 1} {name:<12} c={conns:<2} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms"
                             f"  p99 {r['p99']:7.2f} ms  cpu {r['cpu_ms']:.3f} ms/request  non-2xx {r['errors']}")
@@ -278,8 +298,18 @@ def main() -> int:
                         batches.setdefault(name, []).append(b["rps"] * BATCH_ROWS)
                         say(f"  round {i + 1} {name:<12} /predict_batch {BATCH_ROWS} rows: "
                             f"{b['rps'] * BATCH_ROWS:,.0f} rows/s (p50 {b['p50']:.0f} ms, non-2xx {b['errors']})")
-                finally:
-                    stop(proc)
+        # profiling's cost is a few percent of a request's CPU, under this machine's noise between rounds
+        # minutes apart: measured again in pairs, ours and ours-noprof one right after the other (the order
+        # turning), the cost the median of the pairs' ratios
+        pairs = []
+        for i in range(args.pairs):
+            cpu = {}
+            for name in (("ours", "ours-noprof") if i % 2 == 0 else ("ours-noprof", "ours")):
+                with server(servers[name], project, env, one) as (proc, port, url):
+                    cpu[name] = measure(name, port, url, 16, proc.pid)["cpu_ms"]
+            pairs.append(cpu["ours"] / cpu["ours-noprof"] - 1)
+            say(f"  pair {i + 1}: cpu ours {cpu['ours']:.4f} ms/request, ours-noprof {cpu['ours-noprof']:.4f}: "
+                f"profiling {pairs[-1]:+.1%}")
         model = model_only(project, env)
 
     med = {f"{name} c={conns}": {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_ms")}
@@ -292,7 +322,8 @@ def main() -> int:
         "ours_vs_bare_p99_c1": med["ours c=1"]["p99"] / med["bare c=1"]["p99"],
         "model_only_speedup": model["sklearn_ms"] / model["compiled_ms"],
         "batch_rows_vs_sklearn": rows_per_s["ours"] / rows_per_s["ours-sklearn"],
-        "profiling_cpu_share": med["ours c=16"]["cpu_ms"] / med["ours-noprof c=16"]["cpu_ms"] - 1,
+        "profiling_cpu_share": statistics.median(pairs) if pairs else
+        med["ours c=16"]["cpu_ms"] / med["ours-noprof c=16"]["cpu_ms"] - 1,
     }
     logging_share = med["ours-noprof c=16"]["cpu_ms"] / med["ours-nolog c=16"]["cpu_ms"] - 1
     targets = {"ours_vs_sklearn_rps_c16": (">=", 8.0), "ours_vs_bare_rps_c16": (">=", 0.8),
@@ -302,7 +333,7 @@ def main() -> int:
            for k, (op, t) in targets.items()}
     report = {"rounds": args.rounds, "seconds": args.seconds, "servers": med, "non_2xx": errors,
               "batch_rows_per_s": rows_per_s, "model_only_one_row": model, "ratios": ratios,
-              "logging_cpu_share": logging_share,
+              "logging_cpu_share": logging_share, "profiling_pairs": pairs,
               "targets": {k: f"{op} {t}" for k, (op, t) in targets.items()}, "met": met}
     if args.json:
         print(json.dumps(report, indent=2))

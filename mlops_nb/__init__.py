@@ -32,7 +32,7 @@ Modules:
 - `mlops_nb.run.transaction`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does, whatever stops it: an error, Ctrl-C, SIGTERM, SIGKILL, a power loss.
 - `mlops_nb.serving.access`: An ASGI middleware writing the request log: a line a request to the API's routes, answered or refused.
 - `mlops_nb.serving.bento`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
-- `mlops_nb.serving.direct`: The prediction routes answered without BentoML's endpoint machinery: the same input model, the same method of the service, the same answer bytes, for a fraction of the CPU.
+- `mlops_nb.serving.direct`: The prediction routes answered in front of BentoML's app: the same input model, the same method of the service, the same answer bytes, for a fraction of the CPU.
 - `mlops_nb.serving.limits`: An ASGI middleware guarding the API from malformed requests, so that every one of them is a 4xx with a JSON error object (``{"error": "..."}``) naming the problem, never a 5xx nor a plain-text answer.
 - `mlops_nb.serving.metrics`: Prometheus metrics of the service, per model version and arm, beside BentoML's own at GET /metrics.
 - `mlops_nb.serving.profiler`: The profiler process of the service: whylogs runs here, never holding the server's GIL.

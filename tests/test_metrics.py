@@ -107,6 +107,14 @@ def test_metrics_and_get_model_over_http(champion_server):
         assert got["mlops_nb_rows_total", labels(version)] >= 5
         assert got["mlops_nb_p_late_count", labels(version)] >= 5
         assert got["mlops_nb_request_latency_seconds_count", labels(version)] >= 3
+        # the prediction routes are answered in front of BentoML's traffic metrics: counted by status here
+        refused = http.post("/predict", json={"flights": [{**GOOD, "month": 13}]})
+        assert refused.status_code == 400, refused.text
+        got = samples(http.get("/metrics").text)
+        http_labels = lambda status: (("route", "/predict"), ("status", status))  # noqa: E731
+        assert got["mlops_nb_http_requests_total", http_labels("200")] >= 3
+        assert got["mlops_nb_http_requests_total", http_labels("400")] >= 1
+        assert got["mlops_nb_http_request_duration_seconds_count", http_labels("200")] >= 3
 
         get, post = http.get("/model"), http.post("/model")
         assert get.status_code == post.status_code == 200, (get.text, post.text)

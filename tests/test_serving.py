@@ -152,7 +152,7 @@ def test_model_endpoint(served, http):
 
 
 def test_prediction_routes_answer_as_bentoml_does(http):
-    """/predict and /predict_batch go around BentoML's endpoint (serving/direct.py): the same input model
+    """/predict and /predict_batch are answered in front of BentoML's app (serving/direct.py): the same input model
     (its OpenAPI schema, its 400 with BentoML's ``error`` and ``detail``), the same answer and headers."""
     from bentoml._internal.server.http import traffic
 

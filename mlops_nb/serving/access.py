@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from . import metrics
 from .limits import send_json
 
 ANSWER_PREFIX = b'{"request_id":"'
@@ -25,15 +26,19 @@ ID_LENGTH = 16
 
 class RequestLog:
     """``sink``: anything with ``.recorder`` (None, or an object with ``.request(at, request_id, route,
-    status, latency_ms)``), read at each request: the service sets it once its recorder has started."""
+    status, latency_ms)``), read at each request: the service sets it once its recorder has started.
+    ``counted``: also count each request by route and status in /metrics (``metrics.answered``), for the
+    routes answered in front of BentoML, whose traffic metrics do not see them."""
 
-    def __init__(self, app, routes, sink):
+    def __init__(self, app, routes, sink, counted: bool = False):
         self.app = app
         self.routes = frozenset(routes)
         self.sink = sink
+        self.counted = counted
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("path") not in self.routes or self.sink.recorder is None:
+        if (scope["type"] != "http" or scope.get("path") not in self.routes
+                or (self.sink.recorder is None and not self.counted)):
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         state = {"status": None, "request_id": None, "ended": None}
@@ -65,9 +70,13 @@ class RequestLog:
             raise
         finally:
             try:
-                ended = state["ended"] or time.perf_counter()
-                self.sink.recorder.request(time.time(), state["request_id"], scope["path"],
-                                           state["status"] or 500, (ended - started) * 1000.0)
+                seconds = (state["ended"] or time.perf_counter()) - started
+                status = state["status"] or 500
+                if self.counted:
+                    metrics.answered(scope["path"], status, seconds)
+                recorder = self.sink.recorder
+                if recorder is not None:
+                    recorder.request(time.time(), state["request_id"], scope["path"], status, seconds * 1000.0)
             except Exception:  # the log must never fail a request
                 pass
 

@@ -4,8 +4,14 @@
     mlops_nb_rows_total{version,arm,route}                predicted rows
     mlops_nb_request_latency_seconds{version,arm,route}   handler start to prediction (histogram)
     mlops_nb_p_late{version,arm,route}                    the answered probabilities (histogram, 0.1 wide)
+    mlops_nb_http_requests_total{route,status}            requests to the prediction routes, by status
+    mlops_nb_http_request_duration_seconds{route,status}  arrival to the answer's last byte (histogram)
     mlops_nb_recorder_dropped_rows_total{log}             rows (request-log lines) the full recorder dropped
     mlops_nb_recorder_dropped_requests_total{log}         requests whose log lines it dropped
+
+The two ``http`` series count what BentoML's traffic metrics (``bentoml_*_request_total`` and
+``_request_duration_seconds``) count for the other routes: the prediction routes are answered in front of
+BentoML's app (``direct.Front``), refusals included.
 
 BentoML 1.4.40 serves /metrics from prometheus_client's multiprocess files (``MultiProcessCollector``
 over ``PROMETHEUS_MULTIPROC_DIR``, which its workers receive in their environment): a custom collector
@@ -42,6 +48,8 @@ _metrics = None                      # created at the first flush (see the modul
 _creating = threading.Lock()         # the event loop and the recorder's thread may both be first
 _children: dict[tuple, tuple] = {}   # (version, arm, route) -> the labelled children
 _pending: dict[tuple, "_Counts"] = {}  # (version, arm, route) -> what observe counted since the last flush
+_http_children: dict[tuple, tuple] = {}  # (route, status) -> the labelled children
+_http_pending: dict[tuple, list] = {}    # (route, status) -> [latency bucket counts, latency sum]
 
 
 class _Metrics:
@@ -55,6 +63,11 @@ class _Metrics:
                                     LABELS, buckets=LATENCY_BUCKETS)
         self.p_late = pc.Histogram("mlops_nb_p_late", "The answered probabilities of a late arrival.", LABELS,
                                    buckets=P_LATE_BUCKETS)
+        self.http_requests = pc.Counter("mlops_nb_http_requests", "Requests to the prediction routes, by status.",
+                                        ("route", "status"))
+        self.http_duration = pc.Histogram("mlops_nb_http_request_duration_seconds",
+                                          "A prediction route's request, arrival to the answer's last byte.",
+                                          ("route", "status"), buckets=LATENCY_BUCKETS)
         self.dropped_rows = pc.Counter("mlops_nb_recorder_dropped_rows",
                                        "Rows (request-log lines) not logged: the recorder's queue was full.",
                                        ("log",))
@@ -102,9 +115,30 @@ def observe(version: str, arm: str, route: str, seconds: float, p_late: np.ndarr
         counts.p_sum += float(np.sum(p_late))
 
 
+def answered(route: str, status: int, seconds: float) -> None:
+    """One request to a prediction route, answered (or refused) with ``status`` (on the event loop)."""
+    counts = _http_pending.get((route, status))
+    if counts is None:
+        counts = _http_pending[(route, status)] = [[0] * len(_LATENCY_BOUNDS), 0.0]
+    counts[0][bisect_left(_LATENCY_BOUNDS, seconds)] += 1
+    counts[1] += seconds
+
+
 def flush() -> None:
-    """What ``observe`` counted, into the Prometheus metrics (on the event loop, as ``observe``)."""
-    global _pending
+    """What ``observe`` and ``answered`` counted, into the Prometheus metrics (on the event loop, as they)."""
+    global _pending, _http_pending
+    if _http_pending:
+        http, _http_pending = _http_pending, {}
+        for labels, (buckets, total) in http.items():
+            children = _http_children.get(labels)
+            if children is None:
+                m = _get()
+                labelled = (labels[0], str(labels[1]))
+                children = _http_children[labels] = (m.http_requests.labels(*labelled),
+                                                     m.http_duration.labels(*labelled))
+            requests, duration = children
+            requests.inc(sum(buckets))
+            _add(duration, buckets, total)
     if not _pending:
         return
     pending, _pending = _pending, {}

@@ -13,8 +13,9 @@ compiled form (treelite) up to the number of rows where that is the faster (meas
 saved), else with scikit-learn. Requests of more than ``INLINE_ROWS`` rows are scored in a worker thread, so
 that the event loop (health checks included) keeps answering.
 
-Speed (see bench/serving.py): the prediction routes answered over HTTP by ``direct.Direct`` (the same
-input models and methods, without BentoML's endpoint machinery), async endpoints, BentoML's tracing excluded
+Speed (see bench/serving.py): the prediction routes answered over HTTP in front of BentoML's app by
+``direct.Front`` (the same input models and methods, without BentoML's endpoint machinery and middlewares;
+our traffic timeout, request log and guard still run), async endpoints, BentoML's tracing excluded
 from the API routes, its traffic timeout replaced by ``limits.Deadline`` (BentoML's left every request's
 timer in the event loop), metrics counted in process, access log off by default, a full garbage collection
 then ``gc.freeze()`` at start-up, and the logs and profiles handed to a background thread.
@@ -52,13 +53,15 @@ from ..errors import MlopsNbError
 from ..registry.inference import Compiled, Scorer
 from . import metrics
 from .access import GetModel, RequestLog
-from .direct import Direct
+from .direct import Direct, Front
 from .limits import Deadline, RequestGuard
 from .recorder import Recorder, limits
 from .schemas import FeedbackAnswer, ModelInfo, Prediction, feedback_model, request_models
 
 API_ROUTES = ["/predict", "/predict_batch", "/model", "/feedback"]
 LOGGED_ROUTES = ["/predict", "/predict_batch", "/feedback"]  # a line each in the request log
+PREDICTION_ROUTES = {"/predict": "predict", "/predict_batch": "predict_batch"}  # answered by direct.Front's chain
+TIMEOUT_SECONDS = 60  # the traffic timeout: a request not answering within it is cancelled, a 504
 INLINE_ROWS = 64  # up to this many rows a request is scored on the event loop (about a millisecond at most)
 SETTINGS = config.serving_settings()
 BENTO = config.bento_source()  # a Bento's source folder, or None in a project
@@ -155,7 +158,7 @@ if BENTO is None:  # a Bento's models come from the Bento, not the project's sto
     name="flight_delay",
     workers=1,
     http={"host": "127.0.0.1"},  # a plain `bentoml serve` binds loopback only; `--host 0.0.0.0` to expose
-    traffic={"timeout": 60},
+    traffic={"timeout": TIMEOUT_SECONDS},
     logging={"access": {"enabled": SETTINGS.serving.access_log}},
     tracing={"excluded_urls": API_ROUTES},
 )
@@ -301,7 +304,7 @@ class _Running:
 
     recorder = None  # its recorder, when it writes the logs (RequestLog)
     describe = None  # its model description (GetModel)
-    instance = None  # the service itself (Direct)
+    instance = None  # the service itself (Front, Direct)
 
 
 RUNNING = _Running()
@@ -310,5 +313,23 @@ FlightDelay.add_asgi_middleware(RequestLog, routes=LOGGED_ROUTES, sink=RUNNING)
 FlightDelay.add_asgi_middleware(RequestGuard, max_bytes=MAX_BODY_BYTES)
 FlightDelay.add_asgi_middleware(metrics.Scrape)
 FlightDelay.add_asgi_middleware(GetModel, route="/model", source=RUNNING)
-FlightDelay.add_asgi_middleware(Direct, service=FlightDelay, routes={"/predict": "predict",
-                                                                    "/predict_batch": "predict_batch"}, source=RUNNING)
+
+
+class _Fronted(type(FlightDelay)):
+    """The service, its HTTP app behind ``direct.Front`` (the prediction routes answered in front of BentoML's
+    middlewares): BentoML builds the app in ``Service.to_asgi`` and has no hook around it, so the service
+    object becomes an instance of this subclass, which only wraps what ``to_asgi`` returns."""
+
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True):
+        app = super().to_asgi(is_main)
+        if SETTINGS.serving.access_log:  # BentoML's access log is to see every request
+            return app
+        direct = Direct(self, PREDICTION_ROUTES, RUNNING)
+        fast = Deadline(RequestLog(RequestGuard(direct, max_bytes=MAX_BODY_BYTES), routes=PREDICTION_ROUTES,
+                                   sink=RUNNING, counted=True), timeout=TIMEOUT_SECONDS)
+        return Front(app, fast, PREDICTION_ROUTES, RUNNING)
+
+
+FlightDelay.__class__ = _Fronted
