@@ -136,6 +136,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "data_dir": Key("data", _text, "a folder path", "warehouse, products and profiles live here"),
         "warehouse": Key("data/warehouse.duckdb", _text, "a file path", "the DuckDB warehouse file"),
         "products_dir": Key("data/products", _text, "a folder path", "executed notebooks and task products"),
+        "scratch_dir": Key("data/interactive", _text, "a folder path",
+                           "the products of task notebooks run by hand (JupyterLab, mlops_nb.interactive)"),
         "reports_dir": Key("reports", _text, "a folder path", "rendered HTML reports"),
         "bentoml_home": Key("data/bentoml", _text, "a folder path", "the BentoML model store and bentos"),
         "serving_dir": Key("data/serving", _text, "a folder path",

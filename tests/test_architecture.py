@@ -20,9 +20,10 @@ EXPORTED = {"lib.record", "lib.transforms", "lib.model", "lib.evaluation"}
 GENERATED = EXPORTED | {"_modidx"}
 
 # The layers, top first: a module imports modules of its own layer or of the layers below it, never above.
-# serving and monitoring share a rank and never import each other (the service's log formats, data.logs,
-# are all they share). "base" is config, errors, lib (the generated model code), __init__ and _modidx.
-RANK = {"cli": 0, "serving": 1, "monitoring": 1, "run": 2, "registry": 3, "data": 4, "base": 5}
+# serving, monitoring and interactive share a rank and never import each other (the service's log formats,
+# data.logs, are all serving and monitoring share). "base" is config, errors, lib (the generated model
+# code), __init__ and _modidx.
+RANK = {"cli": 0, "serving": 1, "monitoring": 1, "interactive": 1, "run": 2, "registry": 3, "data": 4, "base": 5}
 LAYERS = list(RANK)
 
 
@@ -140,8 +141,8 @@ def test_package_never_imports_the_notebooks():
 
 
 def test_layers_import_downwards_only():
-    """cli -> serving, monitoring -> run -> registry -> data -> config, errors, lib: never up, and never
-    between serving and monitoring."""
+    """cli -> serving, monitoring, interactive -> run -> registry -> data -> config, errors, lib: never up,
+    and never between serving, monitoring and interactive."""
     names = set(modules())
     bad = set()
     for name, path in modules().items():

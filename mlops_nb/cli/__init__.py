@@ -147,16 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
-    lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1, task notebooks (.py) opening as notebooks")
+    lab = sub.add_parser("lab", help="JupyterLab on the project: task notebooks open as notebooks, with a run's "
+                                     "values; any other option goes to JupyterLab (e.g. --no-browser)")
     lab.add_argument("--port", type=int, default=8888)
     lab.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    lab.add_argument("extra", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "lab":  # what mlops-nb lab does not know is JupyterLab's
+        args.extra = unknown
+    elif unknown:
+        parser.parse_args(argv)  # the usual error naming them
     if not args.command:
         parser.print_help()
         return 0

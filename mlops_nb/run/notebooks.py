@@ -116,28 +116,49 @@ def run_task(plan, task, executor: str = "engine", task_timeout: int | None = No
 def task_notebook(plan, task):
     """The task's notebook as a run executes it: its .py file with the run's values injected after the
     parameters cell (and any injected cell of an earlier run dropped)."""
-    nbformat = import_nbformat()
-
     nb = _read_percent(task.source)
-    cells = [c for c in nb.cells if INJECTED_TAG not in c.metadata.get("tags", [])]
-    at = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
-    injected = nbformat.v4.new_code_cell(_parameters_source(plan, task), metadata={"tags": [INJECTED_TAG]})
-    nb.cells = cells[:at + 1] + [injected] + cells[at + 1:]
+    inject(nb, parameters_source(task_values(plan, task)))
     nb.metadata.setdefault("kernelspec", dict(KERNELSPEC))
     return nb
 
 
-def _parameters_source(plan, task) -> str:
+def inject(nb, source: str) -> None:
+    """``source`` as the cell tagged ``injected-parameters`` right after the cell tagged ``parameters`` (in
+    place: nbformat's notebook, or the plain dict of Jupyter's contents API); an earlier one is dropped."""
+    cells = strip(nb)
+    at = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    injected = {"cell_type": "code", "execution_count": None, "metadata": {"tags": [INJECTED_TAG]}, "outputs": [],
+                "source": source}
+    if nb.get("nbformat_minor", 0) >= 5:  # cell ids came with nbformat 4.5
+        injected["id"] = INJECTED_TAG
+    if type(nb) is not dict:  # nbformat's NotebookNode
+        injected = import_nbformat().from_dict(injected)
+    nb["cells"] = cells[:at + 1] + [injected] + cells[at + 1:]
+
+
+def strip(nb) -> list:
+    """The notebook's cells without injected ones (set on ``nb`` too)."""
+    nb["cells"] = [c for c in nb["cells"] if INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
+    return nb["cells"]
+
+
+def task_values(plan, task, products: dict | None = None) -> dict:
+    """What a run passes to a task's notebook: its params, ``upstream`` ({task: its products}) and
+    ``product`` (``products``, key -> path, in place of its own when given)."""
     values = dict(task.params)
-    values["upstream"] = {name: _as_passed(plan.tasks[name]) for name in task.upstream}
-    values["product"] = _as_passed(task)
-    return "# Parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in values.items())
+    values["upstream"] = {name: as_passed(plan.tasks[name]) for name in task.upstream}
+    values["product"] = as_passed(task, products)
+    return values
 
 
-def _as_passed(task):
+def parameters_source(values: dict, note: str = "") -> str:
+    return "# Parameters\n" + note + "".join(f"{name} = {value!r}\n" for name, value in values.items())
+
+
+def as_passed(task, products: dict | None = None):
     """A task's products as its notebook and its downstream see them: {key: path}, or the one path when
     pipeline.yaml gives a single product."""
-    paths = {key: str(path) for key, path in task.products.items()}
+    paths = {key: str(path) for key, path in (products or task.products).items()}
     return paths if isinstance(task.spec.get("product"), dict) else next(iter(paths.values()))
 
 
