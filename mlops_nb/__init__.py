@@ -2,6 +2,7 @@
 
 Modules:
 
+- `mlops_nb.cli.lab`: `mlops-nb lab [--port N] [--ip ADDR] [JUPYTERLAB OPTIONS...]`: JupyterLab on the project.
 - `mlops_nb.cli.monitor`: `mlops-nb monitor [--window 1h|1d] [--json] [--check]`: read what is new in the service's logs and the feedback into the monitoring store, recompute the windows it touched, say what was read and what each window shows, and write reports/monitoring.html.
 - `mlops_nb.config`: The one Settings object: loaded once from settings.ini, MLOPS_NB_* overrides, validated on load.
 - `mlops_nb.data.contracts`: Data contracts: what each raw table must look like before anything is trained on it.
@@ -10,6 +11,7 @@ Modules:
 - `mlops_nb.data.logs`: The service's logs: what the service writes and the monitor reads, the one contract between them.
 - `mlops_nb.data.warehouse`: DuckDB warehouse: short-lived connections, the bookkeeping tables, and nothing else.
 - `mlops_nb.errors`: Our exception tree.
+- `mlops_nb.interactive.contents`: The contents manager of ``mlops-nb lab``: jupytext's (percent .py files open as notebooks), with the values of a run injected into task notebooks when they are opened and dropped when they are saved.
 - `mlops_nb.monitoring.alerts`: Alerts: the rules of ``[monitor]`` over the monitor's windows, stored once, delivered to their sinks.
 - `mlops_nb.monitoring.drift`: Drift of one table against another, column by column: any CSV or Parquet files, or a model version's training reference, so drift is usable on data the pipeline never saw.
 - `mlops_nb.monitoring.estimate`: Estimated performance before the labels arrive, and a version's reference data.
