@@ -1,6 +1,7 @@
 """An ASGI middleware writing the request log: a line a request to the API's routes, answered or refused.
 
-It is the outermost of the service's own middlewares, so it sees what nothing else of ours does: bodies
+It is the outermost of our parts (among the service's middlewares, and in the prediction chain that
+``direct.Front`` runs in front of BentoML's app), so it sees what nothing else of ours does: bodies
 refused by the size limit (413), requests BentoML refuses before the handler (400), errors (5xx). It
 measures from the request's arrival (its headers read) to the last byte of the answer handed to the
 server, takes the status from the answer's start and the request id from the answer's first bytes
