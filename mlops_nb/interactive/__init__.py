@@ -36,7 +36,7 @@ def task(name: str, *, scratch: bool = True, settings: config.Settings | None = 
     run's products. Raises UpstreamMissing when an upstream task's products are missing."""
     settings = settings or config.load(check_inputs=False)
     plan = plans.load_plan(settings, state=plans.read_state(settings))
-    return _values(plan, _task(plan, name), settings, scratch)[0]
+    return _values(plan, _task(plan, name), settings, scratch)
 
 
 def task_of(path: Path, settings: config.Settings | None = None) -> str | None:
@@ -54,14 +54,18 @@ def cell_source(name: str, settings: config.Settings | None = None) -> str:
     the error saying why (so that running the notebook stops there, with the fix)."""
     settings = settings or config.load(check_inputs=False)
     try:
-        plan = plans.load_plan(settings, state=plans.read_state(settings))
-        values, stale = _values(plan, _task(plan, name), settings, scratch=True)
+        state = plans.read_state(settings)
+        plan = plans.load_plan(settings, state=state)
+        task = _task(plan, name)
+        values = _values(plan, task, settings, scratch=True)
+        stale = plans.stale_tasks(plan, state, settings.path("warehouse").exists())
     except MlopsNbError as e:
         return (f"# mlops-nb could not fill in the values of task {name!r}:\n"
                 + "".join(f"# {line}\n" for line in str(e).splitlines())
                 + f"from mlops_nb.errors import PipelineError\nraise PipelineError({str(e)!r})\n")
     note = NOTE.format(scratch=settings.path("scratch_dir"))
-    note += "".join(f"# Out of date: {u} ({why}); these are the products it last made.\n" for u, why in stale.items())
+    note += "".join(f"# Out of date: {u} ({stale[u]}); these are the products it last made.\n"
+                    for u in task.upstream if u in stale)
     return notebooks.parameters_source(values, note)
 
 
@@ -88,16 +92,14 @@ def _task(plan, name: str):
     return plan.tasks[name]
 
 
-def _values(plan, task, settings: config.Settings, scratch: bool) -> tuple[dict, dict]:
-    """(the values, {upstream task: why it is out of date}) for ``task``."""
+def _values(plan, task, settings: config.Settings, scratch: bool) -> dict:
+    """The values for ``task``; UpstreamMissing when an upstream task's products are missing."""
     for upstream in task.upstream:
         missing = [p for p in plan.tasks[upstream].products.values() if not p.exists()]
         if missing:
             raise UpstreamMissing(
                 f"Task {task.name!r} reads the products of {upstream!r}, and {missing[0]} does not exist: run "
                 f"the pipeline first (`mlops-nb run`), then run this notebook again.")
-    state = plans.read_state(settings)
-    stale = plans.stale_tasks(plan, state, settings.path("warehouse").exists())
     products = None
     if scratch:
         products = {key: _scratch(path, settings) for key, path in task.products.items()}
@@ -108,7 +110,7 @@ def _values(plan, task, settings: config.Settings, scratch: bool) -> tuple[dict,
         key = task.setting_of(param)
         if key is not None and tuple(key.split(".")) in config.PATH_KEYS:
             values[param] = str(settings.path(key.split(".")[1]))
-    return values, {u: stale[u] for u in task.upstream if u in stale}
+    return values
 
 
 def _scratch(path: Path, settings: config.Settings) -> Path:
