@@ -1,6 +1,6 @@
 """`mlops-nb lab [--port N] [--ip ADDR] [JUPYTERLAB OPTIONS...]`: JupyterLab on the project.
 
-Task notebooks (.py percent files) open as notebooks with the values a run would pass them
+Task notebooks (.py percent files and .ipynb) open as notebooks with the values a run would pass them
 (``interactive.contents``), saved back without them. JupyterLab reads its settings from the project
 (``<data_dir>/lab/user-settings``, so a user's global settings do not change how the project's notebooks
 open): .py files open in jupytext's notebook view, no news fetching, no update checks (offline by

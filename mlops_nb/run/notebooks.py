@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import MlopsNbError, PipelineError
+from .plan import INJECTED_TAG
 
-INJECTED_TAG = "injected-parameters"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
@@ -114,9 +114,9 @@ def run_task(plan, task, executor: str = "engine", task_timeout: int | None = No
 
 
 def task_notebook(plan, task):
-    """The task's notebook as a run executes it: its .py file with the run's values injected after the
-    parameters cell (and any injected cell of an earlier run dropped)."""
-    nb = _read_percent(task.source)
+    """The task's notebook as a run executes it: its file with the run's values injected after the parameters
+    cell (and any injected cell of an earlier run dropped)."""
+    nb = read_task(task.source)
     inject(nb, parameters_source(task_values(plan, task)))
     nb.metadata.setdefault("kernelspec", dict(KERNELSPEC))
     return nb
@@ -160,6 +160,23 @@ def as_passed(task, products: dict | None = None):
     pipeline.yaml gives a single product."""
     paths = {key: str(path) for key, path in (products or task.products).items()}
     return paths if isinstance(task.spec.get("product"), dict) else next(iter(paths.values()))
+
+
+def read_task(path: Path):
+    """A task notebook's cells as a run starts them: a percent .py file read by jupytext, an .ipynb without
+    the outputs and execution counts it was saved with by hand."""
+    if path.suffix != ".ipynb":
+        return _read_percent(path)
+    nbformat = import_nbformat()
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception as e:  # nbformat raises JSON, validation and version errors of several types
+        raise PipelineError(f"{path} is not a readable notebook: {first_line(e)}. Open and save it in "
+                            "JupyterLab, or restore it from git.") from None
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
 
 
 def _read_percent(path: Path):

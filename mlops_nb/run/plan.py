@@ -9,7 +9,7 @@ its products is missing or no longer the bytes it wrote, or when it uses the war
 is gone; everything downstream of a stale task is stale too. That is decided here, in a fraction of a
 second; ``notebooks`` runs the stale tasks.
 
-pipeline.yaml is a Ploomber spec whose tasks are notebooks (jupytext percent files): ``source``,
+pipeline.yaml is a Ploomber spec whose tasks are notebooks (jupytext percent .py files or .ipynb): ``source``,
 ``name``, ``product`` (one path or a mapping, one of them an .ipynb: the executed notebook) and
 ``params``. Other Ploomber task kinds and keys are refused with a message, not ignored.
 """
@@ -34,6 +34,8 @@ STATE_FILE = ".mlops-nb-state.json"
 # Libraries whose versions can change a task's result: a new version makes every task stale.
 RESULT_LIBRARIES = ("scikit-learn", "duckdb", "numpy", "pandas", "pyarrow", "scipy", "whylogs")
 TASK_KEYS = ("source", "name", "product", "params")
+NOTEBOOK_SUFFIXES = (".py", ".ipynb")
+INJECTED_TAG = "injected-parameters"
 
 
 @dataclass
@@ -135,13 +137,42 @@ def render(value, settings: config.Settings, used: set[str], where: str):
     return PLACEHOLDER.sub(lambda m: str(lookup(m.group(1))), value)
 
 
-def parameters_cell(source: Path) -> dict:
-    """Literal assignments of a percent-format notebook's cell tagged ``parameters``."""
+def task_text(source: Path) -> str:
+    """What a run reads of a task notebook, as percent-format text: a .py file as it is; an .ipynb's cells
+    (type, tags, source; magics commented out, injected cells dropped), not its outputs, execution counts or
+    metadata, which change when it is run by hand and do not make the task stale."""
     text = source.read_text(encoding="utf-8")
+    if source.suffix != ".ipynb":
+        return text
+    try:
+        cells = json.loads(text)["cells"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PipelineError(f"{source} is not a readable notebook (.ipynb JSON with 'cells'): {e}. Open and save "
+                            "it in JupyterLab, or restore it from git.") from None
+    parts = []
+    for cell in cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if INJECTED_TAG in tags:
+            continue
+        body = cell.get("source", "")
+        lines = ("".join(body) if isinstance(body, list) else body).splitlines()
+        if cell.get("cell_type") == "code":
+            header = "# %%" + (f" tags={json.dumps(tags)}" if tags else "")
+            lines = [f"# {line}" if line.lstrip().startswith(("%", "!")) else line for line in lines]
+        else:
+            header = f"# %% [{cell.get('cell_type', 'raw')}]"
+            lines = [f"# {line}" for line in lines]
+        parts.append("\n".join([header, *lines]) + "\n")
+    return "\n".join(parts)
+
+
+def parameters_cell(source: Path, text: str | None = None) -> dict:
+    """Literal assignments of a task notebook's cell tagged ``parameters`` (``text``: its ``task_text``)."""
+    text = task_text(source) if text is None else text
     cells = re.split(r"^# %%", text, flags=re.M)
     for cell in cells:
         header, _, body = cell.partition("\n")
-        if "parameters" in header:
+        if "parameters" in header and INJECTED_TAG not in header:
             out = {}
             try:
                 tree = ast.parse(body)
@@ -154,8 +185,11 @@ def parameters_cell(source: Path) -> dict:
                     except ValueError:
                         out[node.targets[0].id] = None
             return out
-    raise PipelineError(f"{source} has no cell tagged 'parameters'; add '# %% tags=[\"parameters\"]' "
-                        "before the cell that declares upstream, product and the task's parameters.")
+    how = ("tag the cell that declares upstream, product and the task's parameters 'parameters' (JupyterLab: "
+           "the property inspector's cell tags)" if source.suffix == ".ipynb" else
+           "add '# %% tags=[\"parameters\"]' before the cell that declares upstream, product and the task's "
+           "parameters")
+    raise PipelineError(f"{source} has no cell tagged 'parameters'; {how}.")
 
 
 def module_file(name: str) -> Path | None:
@@ -235,6 +269,7 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
     _check_spec(raw, spec_path)
     plan = Plan(settings.root, {k: v for k, v in raw.items() if k != "tasks"})
     rendered_tasks = []
+    texts: dict[str, str] = {}
     for i, entry in enumerate(raw["tasks"]):
         if not isinstance(entry, dict) or "source" not in entry:
             raise PipelineError(f"{spec_path.name}: task #{i + 1} must be a mapping with a 'source'.")
@@ -246,7 +281,8 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
         if not source.is_file():
             raise PipelineError(f"{spec_path.name}: task #{i + 1}'s source {entry['source']} does not exist.")
         name = entry.get("name") or source.stem
-        declared = parameters_cell(source)
+        texts[name] = task_text(source)
+        declared = parameters_cell(source, texts[name])
         upstream = declared.get("upstream") or []
         if isinstance(upstream, dict):
             upstream = list(upstream)
@@ -267,7 +303,7 @@ def load_plan(settings: config.Settings, spec_path: Path | None = None, state: d
     cache = dict((state or {}).get("files", {}))
     versions = result_library_versions()
     for task in _toposort(rendered_tasks):
-        text = task.source.read_text(encoding="utf-8")
+        text = texts[task.name]
         task.code_hash = code_hash(text)
         task.inputs = _inputs(task, settings, cache)
         payload = {
@@ -303,9 +339,9 @@ def _check_task(entry: dict, i: int, spec_path: Path) -> None:
         if key not in TASK_KEYS:
             raise PipelineError(f"{where}: key {key!r} is not one mlops-nb runs; a task has {list(TASK_KEYS)}."
                                 f"{did_you_mean(key, TASK_KEYS)}")
-    if not str(entry["source"]).endswith(".py"):
-        raise PipelineError(f"{where}: the source must be a notebook in jupytext's percent format (a .py "
-                            f"file with '# %%' cells); got {entry['source']!r}.")
+    if not str(entry["source"]).endswith(NOTEBOOK_SUFFIXES):
+        raise PipelineError(f"{where}: the source must be a notebook: a .py file in jupytext's percent format "
+                            f"('# %%' cells) or an .ipynb; got {entry['source']!r}.")
     product = entry.get("product")
     paths = list(product.values()) if isinstance(product, dict) else [product]
     if not any(isinstance(p, str) and p.endswith(".ipynb") for p in paths):
