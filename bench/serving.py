@@ -9,13 +9,13 @@ time on 127.0.0.1 (no two measured servers share the 2 cores):
   ours-nolog    ours-noprof with serving.log_predictions = false too (what the prediction and request logs cost)
   bare          bench/bare_app.py: Starlette + uvicorn, the same Scorer (compiled), no validation, no logging
 For each round (the servers' order turns each round) a server is started, warmed up, left until its
-process tree is idle (its profiler imports whylogs once, at start), measured with wrk
+process tree is idle (its recorder process imports whylogs once, at start), measured with wrk
 (POST /predict, one flight record) at 16 concurrent connections (wrk) and by a Python client one request at
 a time (each request timed by the client: wrk's latency figures at 1 connection were seen inconsistent, their
-mean x count several times the run's length, see ``busy``), then left idle until its recorder
-and profiler are done (PROFILE_SECONDS and a margin), its process tree's CPU read, and stopped, before
+mean x count several times the run's length, see ``busy``), then left idle until its recorder's
+process is done (PROFILE_SECONDS and a margin), its process tree's CPU read, and stopped, before
 the next one starts. Figures are medians over rounds. The profiling cost is end to end: server CPU a
-request at 16 concurrent, process tree (workers and the whylogs profiler), ours against ours-noprof,
+request at 16 concurrent, process tree (workers and the recorder's process, where whylogs runs), ours against ours-noprof,
 measured in ``--pairs`` extra pairs run back to back (the median of their ratios: a few percent is under
 this machine's drift between rounds minutes apart); the logs' cost, ours-noprof against ours-nolog, is
 printed beside it (no target).
@@ -129,7 +129,7 @@ def _ms(text: str) -> float:
 
 
 def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a server's process tree (workers, profiler included)."""
+    """CPU seconds (user + system) used so far by a server's process tree (workers, the recorder's process included)."""
     import psutil
 
     root = psutil.Process(pid)
@@ -145,7 +145,7 @@ def tree_cpu(pid: int) -> float:
 
 def settle(pid: int, timeout: float = 120) -> None:
     """Wait until a server's process tree is idle (under 2% of a CPU over half a second): what it does once
-    after start-up (the profiler importing whylogs) is no request's cost."""
+    after start-up (the recorder's process importing whylogs) is no request's cost."""
     deadline = time.monotonic() + timeout
     used = tree_cpu(pid)
     while time.monotonic() < deadline:
@@ -241,7 +241,7 @@ with threadpool_limits(1):
 
 
 def main() -> int:
-    from mlops_nb.serving.recorder import PROFILE_SECONDS
+    from mlops_nb.serving.writer import PROFILE_SECONDS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=8)
@@ -279,7 +279,7 @@ def main() -> int:
             before = tree_cpu(pid)
             r = (one_at_a_time(port, body, args.seconds) if conns == 1 else
                  wrk(f"{url}/predict", one, conns, args.seconds))
-            if name != "bare":  # let the recorder log and the profiler profile what came
+            if name != "bare":  # let the recorder's process log and profile what came
                 time.sleep(PROFILE_SECONDS + 4)
             r["cpu_ms"] = (tree_cpu(pid) - before) / max(r["requests"], 1) * 1e3
             return r

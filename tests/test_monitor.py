@@ -501,7 +501,7 @@ def test_end_to_end_with_the_real_service(request, tmp_path):
                 break
             time.sleep(0.5)
     finally:
-        server.stop()  # the profiler writes the window's last profile at shutdown
+        server.stop()  # the recorder's process writes the window's last profile at shutdown
     data = run_cli(project, "monitor", "--json", "--window", "1d").json()
     read = data["read"]
     assert (read["predictions"], read["feedback"], read["unknown_labels"]) == (80, 51, 1)

@@ -1,7 +1,7 @@
 """The recorder's bounds (issue #9): a full queue drops rows without blocking and counts them; a window's
 log rolls to a new file past its size limit, and the real monitor reads every row of every part; old
-logs are deleted, the feedback log never. A real Recorder (its thread and profiler process) on a
-project's serving folder."""
+logs are deleted, the feedback log never; a recorder process that dies is started again. A real Recorder
+(its thread and its process) on a project's serving folder."""
 from __future__ import annotations
 
 import json
@@ -130,7 +130,8 @@ def test_rotation_keeps_every_row_for_the_monitor(settings, fast):
                            latency_ms=1.5)
                 rec.request(at, rid, "/predict", 200, 2.0)
                 written += n
-            wait_for(lambda: rec.rows_logged == written and rec._queued_lines == 0)
+            wait_for(lambda: len(lines(serving / logs.PREDICTIONS)) == written
+                     and len(lines(serving / logs.REQUESTS)) == 5 * (batch + 1))
     finally:
         rec.close()
     parts = sorted(p.name for p in (serving / logs.PREDICTIONS).glob("*.jsonl"))
@@ -182,13 +183,12 @@ def test_old_logs_are_deleted_feedback_never(settings, fast):
 
 @pytest.mark.parametrize("log, profile", [(True, False), (False, True)])
 def test_logs_and_profiles_switch_apart(settings, fast, log, profile):
-    """serving.log_predictions and serving.profile_requests: the logs without a profiler process, or the
-    profiles without the logs."""
+    """serving.log_predictions and serving.profile_requests: the logs without profiles, or the profiles
+    without the logs."""
     serving = config.serving_dir(settings, in_bento=False)
     rec = Recorder(serving, 60, log=log, profile=profile, log_max_age_days=0).start()
     rng = random.Random(2)
     try:
-        assert (rec._process is not None) == profile
         for i in range(4):
             rec.record(f"{i:016x}", "v1", "champion", [record(rng)], np.array([0.25]), at=BASE + i)
             rec.request(BASE + i, f"{i:016x}", "/predict", 200, 1.0)
@@ -198,3 +198,27 @@ def test_logs_and_profiles_switch_apart(settings, fast, log, profile):
     assert len(lines(serving / logs.PREDICTIONS)) == (4 if log else 0)
     assert len(lines(serving / logs.REQUESTS)) == (4 if log else 0)
     assert len(list((serving / "profiles").glob("*.bin"))) == (1 if profile else 0)
+
+
+def test_a_dead_recorder_process_is_started_again(settings, fast, monkeypatch, capfd):
+    """SIGKILL of the recorder's process: the rows handed over after it are logged by a new one."""
+    import signal
+
+    monkeypatch.setattr(recorder_module, "RESTART_SECONDS", 0.0)
+    serving = config.serving_dir(settings, in_bento=False)
+    rec = Recorder(serving, 60, profile=False, log_max_age_days=0).start()
+    rng = random.Random(3)
+    try:
+        rec.record(f"{0:016x}", "v1", "champion", [record(rng)], np.array([0.25]), at=BASE)
+        wait_for(lambda: len(lines(serving / logs.PREDICTIONS)) == 1)
+        first = rec._process
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        for i in range(1, 4):
+            rec.record(f"{i:016x}", "v1", "champion", [record(rng)], np.array([0.5]), at=BASE + i)
+        wait_for(lambda: len(lines(serving / logs.PREDICTIONS)) == 4)
+        assert rec._process.pid != first.pid
+    finally:
+        rec.close()
+    assert [x["request_id"] for x in lines(serving / logs.PREDICTIONS)] == [f"{i:016x}" for i in range(4)]
+    assert "the recorder's process exited (-9); starting it again" in capfd.readouterr().out

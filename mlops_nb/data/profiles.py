@@ -34,7 +34,7 @@ def _whylogs():
 
 
 def load() -> None:
-    """Import whylogs now: about 2 s of CPU, which a long-lived process (the service's profiler) pays at its
+    """Import whylogs now: about 2 s of CPU, which a long-lived process (the service's recorder process) pays at its
     start rather than under its first load."""
     _whylogs()
 
