@@ -116,7 +116,8 @@ def test_full_queue_drops_without_blocking(settings, fast, capfd):
         rec2.close()
 
 
-def test_rotation_keeps_every_row_for_the_monitor(settings, fast):
+def test_rotation_keeps_every_row_for_the_monitor(settings, fast, monkeypatch):
+    monkeypatch.setattr(recorder_module, "CHUNK_ROWS", 4)  # a drain reaches the process in pieces
     serving = config.serving_dir(settings, in_bento=False)
     rec = Recorder(serving, 60, log_max_mb=LIMIT / 2**20, log_max_age_days=0).start()
     rng = random.Random(1)
@@ -144,6 +145,11 @@ def test_rotation_keeps_every_row_for_the_monitor(settings, fast):
         sizes = [logs.window_path(serving, kind, BASE, rec.worker, ".jsonl", part).stat().st_size
                  for part in range(len(list((serving / kind).glob("*.jsonl"))))]
         assert len(sizes) >= 2 and all(size >= LIMIT for size in sizes[:-1]), (kind, sizes)
+
+    counts = {}
+    for x in lines(serving / logs.PREDICTIONS):
+        counts[x["request_id"]] = counts.get(x["request_id"], 0) + 1
+    assert {x["request_id"]: x["rows"] for x in lines(serving / logs.REQUESTS)} == counts  # across pieces
 
     report = monitor.monitor(settings)
     assert report.read["predictions"] == written == len(lines(serving / logs.PREDICTIONS))

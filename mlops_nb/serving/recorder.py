@@ -53,6 +53,7 @@ RESTART_SECONDS = 60.0    # at most one start of a dead recorder process this of
 RETENTION_CHECK_SECONDS = 3600.0
 QUEUE_MAX_ROWS, LOG_MAX_MB, LOG_MAX_AGE_DAYS = 100_000, 256, 30  # the defaults of the [serving] keys
 SMALL = 64                # a prediction array this short is sent as a list (pickling a list is ~3x faster)
+CHUNK_ROWS = 1000         # rows pickled in one call (about 2 ms)
 
 
 def limits(settings: config.Settings) -> dict:
@@ -201,7 +202,17 @@ class Recorder:
             print(f"mlops-nb recorder: the recorder's process exited ({self._process.returncode}); starting "
                   "it again", flush=True)
             self._process = self._spawn()
-        send(self._process.stdin, (batch, requests, shadow))
+        # in pieces of about CHUNK_ROWS rows: pickling is one call that holds the GIL, so a drain's thousands
+        # of rows at once would stall the event loop for tens of ms; the request lines go last
+        start = rows = 0
+        for i, b in enumerate(batch):
+            rows += len(b[4])
+            if rows >= CHUNK_ROWS and i + 1 < len(batch):
+                piece = None if shadow is None else (shadow[0], shadow[1][start:i + 1])
+                send(self._process.stdin, (batch[start:i + 1], [], piece))
+                start, rows = i + 1, 0
+        piece = None if shadow is None else (shadow[0], shadow[1][start:])
+        send(self._process.stdin, (batch[start:], requests, piece))
         self.rows_sent += sum(len(b[4]) for b in batch)
 
     def _tell_drops(self) -> None:

@@ -64,7 +64,7 @@ class Writer:
         self.window_seconds, self.log_max_bytes = window_seconds, log_max_bytes
         self.log, self.profile = log, profile
         self._parts: dict[tuple, int] = {}
-        self._rows_of: dict[str, int] = {}       # request id -> rows, of this batch and the last
+        self._rows_of: dict[str, int] = {}       # request id -> rows, of this drain and the last
         self._rows_before: dict[str, int] = {}
         self._stamp_second, self._stamp_prefix = None, ""
         self._pending: dict[float, list] = {}     # window start -> frames not yet profiled
@@ -72,9 +72,9 @@ class Writer:
         self._profile, self._window, self._written_at = None, None, time.monotonic()
 
     def take(self, batch: list, requests: list, shadow) -> None:
-        """One drain of the server: its rows, then its request lines (a request's line is queued after its
-        rows, so its rows are in this batch or the one before, and its row count is known)."""
-        self._rows_before, self._rows_of = self._rows_of, {}
+        """A piece of one drain of the server: rows, and with its last piece the drain's request lines (a
+        request's line is queued after its rows, so its rows are in this drain or the one before, and its
+        row count is known)."""
         if batch:
             try:
                 self._rows(batch, shadow)
@@ -86,6 +86,7 @@ class Writer:
             except Exception as e:
                 print(f"mlops-nb recorder: could not write {len(requests)} line(s) of the request log: {e!r}",
                       flush=True)
+            self._rows_before, self._rows_of = self._rows_of, {}
         if self.profile and time.monotonic() - self._profiled_at >= PROFILE_SECONDS:
             self.profile_pending()
 
