@@ -143,6 +143,16 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def dropped_rows(url: str) -> int:
+    """Rows the server's recorder could not queue so far (its /metrics): the logs and profiles kept up if 0."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("mlops_nb_recorder_dropped_rows_total")))
+
+
 def settle(pid: int, timeout: float = 120) -> None:
     """Wait until a server's process tree is idle (under 2% of a CPU over half a second): what it does once
     after start-up (the recorder's process importing whylogs) is no request's cost."""
@@ -282,6 +292,7 @@ def main() -> int:
             if name != "bare":  # let the recorder's process log and profile what came
                 time.sleep(PROFILE_SECONDS + 4)
             r["cpu_ms"] = (tree_cpu(pid) - before) / max(r["requests"], 1) * 1e3
+            r["dropped_rows"] = 0 if name == "bare" else dropped_rows(url)
             return r
 
         names = list(servers)
@@ -315,6 +326,7 @@ def main() -> int:
     med = {f"{name} c={conns}": {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_ms")}
            for (name, conns), rs in results.items()}
     errors = sum(r["errors"] for rs in results.values() for r in rs)
+    dropped = sum(r["dropped_rows"] for rs in results.values() for r in rs)
     rows_per_s = {name: statistics.median(v) for name, v in batches.items()}
     ratios = {
         "ours_vs_sklearn_rps_c16": med["ours c=16"]["rps"] / med["ours-sklearn c=16"]["rps"],
@@ -332,6 +344,7 @@ def main() -> int:
     met = {k: (ratios[k] >= t if op == ">=" else ratios[k] <= t if op == "<=" else ratios[k] < t)
            for k, (op, t) in targets.items()}
     report = {"rounds": args.rounds, "seconds": args.seconds, "servers": med, "non_2xx": errors,
+              "recorder_dropped_rows": dropped,
               "batch_rows_per_s": rows_per_s, "model_only_one_row": model, "ratios": ratios,
               "logging_cpu_share": logging_share, "profiling_pairs": pairs,
               "targets": {k: f"{op} {t}" for k, (op, t) in targets.items()}, "met": met}
@@ -343,6 +356,7 @@ def main() -> int:
     for key, m in med.items():
         print(f"  {key:<14} {m['rps']:9.0f} {m['p50']:8.2f} {m['p99']:8.2f} {m['cpu_ms']:11.3f}")
     print(f"  non-2xx answers: {errors}")
+    print(f"  rows the recorder dropped (a full queue: the logs fell behind): {dropped}")
     print(f"POST /predict_batch, {BATCH_ROWS} rows a request, 2 concurrent: " +
           ", ".join(f"{n} {v:,.0f} rows/s" for n, v in rows_per_s.items()))
     print(f"model only, one row: scikit-learn {model['sklearn_ms']:.4f} ms, compiled {model['compiled_ms']:.4f} ms "
