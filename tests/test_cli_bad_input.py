@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import (PRODUCTS, folder_bytes, last_run, read_csv_text, run_cli, run_count,
+from conftest import (PRODUCTS, folder_bytes, last_run, read_csv_text, run_cli, run_count, task_reports,
                       warehouse_tables)
 
 pytestmark = pytest.mark.slow
@@ -43,11 +43,10 @@ def bad(tmp_path_factory, small_data):
 
 def snapshot_state(project):
     """Everything a failed run must leave as it was (the run records aside)."""
-    reports = project / "reports"
     return {
         "tables": warehouse_tables(project),
         "products": folder_bytes(project / PRODUCTS),
-        "reports": {k: v for k, v in folder_bytes(reports).items() if not k.startswith("failed/")},
+        "reports": {k: v for k, v in task_reports(project).items() if not k.startswith(("failed/", "runs/"))},
         "data_dir": sorted(os.listdir(project / "data")),
     }
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import (ALL_TASKS, CLI, PRODUCTS, BuiltProject, cli_env, folder_bytes, model_store, query, run_cli,
-                      run_count, warehouse_tables)
+                      run_count, task_reports, warehouse_tables)
 
 pytestmark = pytest.mark.slow
 
@@ -131,18 +131,17 @@ class Snapshot:
     aliases: dict       # alias -> version
     versions: set       # registered model versions
     products: dict      # relative path -> sha256, hidden files included
-    reports: dict
+    reports: dict       # task reports: the latest and those kept per run (not the site's pages)
 
 
 def snapshot(project: Path) -> Snapshot:
-    reports = project / "reports"
     return Snapshot(
         tables=warehouse_tables(project),
         runs=dict(query(project, "SELECT run_id, status FROM runs")),
         aliases=dict(query(project, "SELECT alias, version FROM model_aliases")),
         versions={v for (v,) in query(project, "SELECT version FROM model_versions")},
         products=folder_bytes(project / PRODUCTS),
-        reports=folder_bytes(reports) if reports.exists() else {})
+        reports=task_reports(project))
 
 
 def sha256(path: Path) -> str:
@@ -227,10 +226,13 @@ def invariants(project: Path, before: Snapshot, outcome: str, run_id: str | None
             for key, recorded in rec["products"].items():
                 if recorded is not None:
                     assert sha256(paths[task, key]) == recorded[2], f"state file: {task}.{key} does not match"
-        assert set(now.reports) == set(before.reports), "reports missing after the committed run"
         ran = {t for (t,) in query(project, "SELECT task FROM run_tasks WHERE run_id = ? AND status = 'ran'",
                                       [run_id])}
         assert {"train", "evaluate", "gate"} <= ran
+        kept = {f"runs/{run_id}/{t}.html" for t in ran}  # the reports kept with the run, the latest's bytes
+        assert set(now.reports) == set(before.reports) | kept, "reports missing after the committed run"
+        for task in ran:
+            assert now.reports[f"runs/{run_id}/{task}.html"] == now.reports[f"{task}.html"]
         for task in ("evaluate", "gate"):
             assert now.reports[f"{task}.html"] != before.reports[f"{task}.html"], f"{task}.html is the old one"
 

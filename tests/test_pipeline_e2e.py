@@ -16,7 +16,7 @@ import pytest
 
 from conftest import (CLI, PACKAGE, PRODUCTS, TASKS, TIMEOUT, Result, assert_up_to_date, cli_env,
                       downstream, folder_bytes, last_run, pipeline_graph, read_csv_text,
-                      run_cli, run_count, run_ok, tasks_using, upstream_closure, warehouse_tables)
+                      run_cli, run_count, run_ok, task_reports, tasks_using, upstream_closure, warehouse_tables)
 from mlops_nb.run import plan as spec
 
 
@@ -65,7 +65,12 @@ def test_full_build_runs_every_task_and_reports(built, graph):
     features = read_product(project, "features.json")
     assert metrics["test"]["n"] == features["row_counts"]["test"]
     assert not (project / "reports" / "failed").exists()
-    assert sorted(p.name for p in (project / "reports").iterdir()) == sorted(f"{t}.html" for t in graph)
+    # the latest report of each task, the reports site (index.html, site/) and each run's reports (runs/)
+    assert sorted(p.name for p in (project / "reports").glob("*.html")) == sorted([f"{t}.html" for t in graph]
+                                                                                 + ["index.html"])
+    first_id = re.search(r"Run (\S+): succeeded", first.stdout).group(1)
+    assert sorted(p.name for p in (project / "reports" / "runs" / first_id).iterdir()) == \
+        sorted(f"{t}.html" for t in graph)
     leftovers = [p.name for p in (project / "data").iterdir() if p.name.startswith("mlops-nb-")]
     assert not leftovers, f"staging folders left behind: {leftovers}"
 
@@ -120,7 +125,7 @@ def test_runs_json_records_lineage(project, graph):
 
 @pytest.mark.slow
 def test_second_run_runs_nothing(project, graph):
-    before = (warehouse_tables(project), products(project), folder_bytes(project / "reports"))
+    before = (warehouse_tables(project), products(project), task_reports(project))
     started = time.perf_counter()
     result = assert_up_to_date(project)
     seconds = time.perf_counter() - started
@@ -131,7 +136,7 @@ def test_second_run_runs_nothing(project, graph):
     assert {t["status"] for t in run["tasks"]} == {"skipped"}
     assert run["snapshot_id"] == read_product(project, "ingest.json")["snapshot_id"]
     assert run["metrics"] == read_product(project, "metrics.json")["test"]
-    assert (warehouse_tables(project), products(project), folder_bytes(project / "reports")) == before
+    assert (warehouse_tables(project), products(project), task_reports(project)) == before
 
 
 @pytest.mark.slow
@@ -372,7 +377,7 @@ def test_second_concurrent_run_is_refused(project, graph):
 
 def state_of(project: Path) -> dict:
     return {"tables": warehouse_tables(project), "products": products(project),
-            "reports": {k: v for k, v in folder_bytes(project / "reports").items() if not k.startswith("failed/")},
+            "reports": {k: v for k, v in task_reports(project).items() if not k.startswith(("failed/", "runs/"))},
             "data": sorted(os.listdir(project / "data"))}
 
 
@@ -399,6 +404,8 @@ def test_failing_features_task_changes_nothing(project):
     assert run_count(project) == runs_before + 1
     run = last_run(project)
     assert run["status"] == "failed" and "Task 'features'" in run["error"]
+    kept = project / "reports" / "runs" / run["run_id"]  # the failed run keeps its failed notebook, nothing else
+    assert [p.name for p in kept.iterdir()] == ["features.html"]
     # with the data fixed the next run builds again, from the ingest on
     shutil.copy(project.parent / "inputs-template" / "flights.csv", flights)
     assert_up_to_date(project)

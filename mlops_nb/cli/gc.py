@@ -11,6 +11,10 @@ def cmd_gc(args) -> int:
     settings = config.load()
     with transaction.run_lock(settings):
         report = gc.collect(settings, dry_run=args.dry_run)
+        if not args.dry_run and settings.pipeline.reports:  # no page may link a removed folder
+            from ..run import site
+
+            site.write(settings)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
         return 0

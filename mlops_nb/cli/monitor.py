@@ -21,7 +21,22 @@ def cmd_monitor(args) -> int:
     written = page.write(settings, report.window)
     if not getattr(args, "json", False):
         print(f"report: {written}")
+    _link_from_site(settings, written)
     return _exit_code(settings, args, report)
+
+
+def _link_from_site(settings, written) -> None:
+    """The reports site (when the project has one) links the monitoring page from the first time it exists."""
+    from ..errors import MlopsNbError
+    from ..run import site
+
+    index = site.reports_dir(settings) / site.INDEX
+    try:
+        if not index.is_file() or f'href="{written.name}"' in index.read_text(encoding="utf-8"):
+            return
+        site.write(settings)
+    except (MlopsNbError, OSError) as e:
+        print(f"the reports site does not link {written.name} yet: {e} (`mlops-nb report` writes it)", file=sys.stderr)
 
 
 def _exit_code(settings, args, report) -> int:

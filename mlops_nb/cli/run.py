@@ -39,6 +39,8 @@ def cmd_run(args) -> int:
             print(f"  - {reason}")
     for report in outcome.reports:
         print(f"report: {report}")
+    if outcome.site is not None:
+        print(f"reports site: {outcome.site}")
     for note in filter(None, outcome.notes):
         print(note)
     if outcome.error is not None:

@@ -8,7 +8,10 @@ What is kept:
   ``collected_at``, so every registered version's lineage stays readable;
 - every registered model version's folder in the model store; folders no version names are removed;
 - in the products folder, the products that pipeline.yaml declares, their Ploomber metadata and the state
-  file; anything else (a product of a task since removed or renamed, a scratch folder) is removed.
+  file; anything else (a product of a task since removed or renamed, a scratch folder) is removed;
+- in the reports site, the task reports kept per run (``reports/runs/<run id>/``) of the last
+  ``gc.keep_runs`` successful runs and of every run since the oldest of them; older runs' folders, and
+  folders no run record names, are removed (their records and pages stay).
 
 DuckDB reuses the blocks that dropped tables free, so after a collection the file stops growing;
 ``CHECKPOINT`` gives the free blocks at the file's end back to the file system.
@@ -29,7 +32,7 @@ BLOCK_BYTES = 262144  # DuckDB's block size
 
 @dataclass
 class Item:
-    kind: str       # snapshot | feature set | model store | product
+    kind: str       # snapshot | feature set | model store | product | run reports
     name: str
     bytes: int
     detail: str = ""
@@ -96,6 +99,7 @@ def collect(settings: config.Settings, dry_run: bool = False, plan: planning.Pla
                 registry.remove_unregistered(con, settings)
                 con.execute("CHECKPOINT")
             report.warehouse_bytes_after = _used_bytes(con)
+            _collect_run_reports(con, settings, report, dry_run)
     if plan is not None:
         _collect_products(settings, plan, report, dry_run)
     return report
@@ -150,6 +154,54 @@ def _collect_products(settings, plan: planning.Plan, report: Report, dry_run: bo
         report.items.append(Item("product", str(path.relative_to(root)), size, "no task of pipeline.yaml makes it"))
         if not dry_run:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _collect_run_reports(con, settings, report: Report, dry_run: bool) -> None:
+    """The folders of task reports kept per run: those of the last ``gc.keep_runs`` successful runs and of
+    every run since the oldest of them stay (the up-to-date runs not yet in the warehouse too)."""
+    from ..data.warehouse import has_table
+    from . import records, site
+
+    root = site.runs_root(settings)
+    folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not folders:
+        return
+    rows = con.execute("SELECT run_id, status, started_at FROM runs").fetchall() if has_table(con, "runs") else []
+    started = {run_id: at for run_id, _, at in rows}
+    succeeded = sorted(at for _, status, at in rows if status == "succeeded")
+    keep_runs = settings.gc.keep_runs
+    cutoff = succeeded[-keep_runs] if len(succeeded) > keep_runs else None
+    pending = {r.run_id for r in records.pending(settings.path("data_dir"))}
+    doomed = []
+    for d in folders:
+        if d.name in pending:
+            continue
+        if d.name not in started:
+            doomed.append((d, "no run record names it"))
+        elif cutoff is not None and started[d.name] < cutoff:
+            doomed.append((d, f"a run older than the last {keep_runs} successful runs"))
+    freed = _unlinked_bytes([d for d, _ in doomed])
+    for d, why in doomed:
+        report.items.append(Item("run reports", d.name, freed[d], why))
+        if not dry_run:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _unlinked_bytes(folders: list[Path]) -> dict[Path, int]:
+    """What removing ``folders`` frees, by folder: a file counts only when every hard link to it is inside
+    them (a run's reports share their bytes with the latest reports and with later runs' folders)."""
+    inodes: dict[tuple[int, int], list] = {}
+    for d in folders:
+        for f in d.rglob("*"):
+            st = f.stat()
+            if f.is_file():
+                entry = inodes.setdefault((st.st_dev, st.st_ino), [d, st.st_size, st.st_nlink, 0])
+                entry[3] += 1
+    out = {d: 0 for d in folders}
+    for d, size, nlink, seen in inodes.values():
+        if seen >= nlink:
+            out[d] += size
+    return out
 
 
 def _used_bytes(con) -> int:

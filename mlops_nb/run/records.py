@@ -185,6 +185,11 @@ def list_runs(con, limit: int = 20, data_dir: Path | None = None) -> list[dict]:
     return runs[:limit]
 
 
+def pending_rows(data_dir: Path) -> list[dict]:
+    """The pending up-to-date runs shaped as list_runs' rows (the reports site reads them without DuckDB)."""
+    return [_as_row(rec) for rec in pending(data_dir)]
+
+
 def _as_row(rec: RunRecord) -> dict:
     """A pending record shaped as list_runs' rows."""
     row = {k: v for k, v in rec.__dict__.items() if k != "tasks"}

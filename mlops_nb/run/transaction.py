@@ -44,6 +44,7 @@ class Outcome:
     recovered: str | None = None
     undone: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    site: Path | None = None  # the reports site's index.html, when the run updated it
 
 
 def crash_point(name: str) -> None:
@@ -131,10 +132,29 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
             _lineage(plan, record)
             record.ended_at = records.now()
             _save(settings, record)
-            return Outcome(record, {}, [], recovered=recovered)
+            outcome = Outcome(record, {}, [], recovered=recovered)
+            _update_site(settings, outcome)
+            return outcome
         outcome = _build(settings, plan, state, record, stale, target, scope, progress, gate_alias)
         outcome.recovered = recovered
+        _update_site(settings, outcome)
         return outcome
+
+
+def _update_site(settings, outcome: Outcome) -> None:
+    """The reports site lists the run, succeeded, up to date or failed (a derived view: it changes nothing a
+    run undoes). A site that cannot be written is said, and leaves the run as it is; a stop signal meanwhile
+    is ignored (the run is over: it must not read as rolled back)."""
+    if not settings.pipeline.reports:
+        return
+    from . import site
+
+    try:
+        with _signals(signal.SIG_IGN):
+            outcome.site = site.write(settings).index
+    except (MlopsNbError, OSError) as e:
+        outcome.notes.append(f"the reports site could not be updated (the run itself is as said above): {e}; "
+                             "`mlops-nb report` writes it")
 
 
 def recover_if_needed(settings: config.Settings) -> str | None:
@@ -255,7 +275,7 @@ def _build(settings, plan, state, record, stale, target, scope, progress, gate_a
                                        settings.pipeline.task_timeout, progress=tracked)
         record.tasks = [t for t in result.tasks if t.name in scope]
         if not result.ok:
-            failed_reports = _keep_failed_notebook(settings, plan, result.failed_task)
+            failed_reports = _keep_failed_notebook(settings, plan, result.failed_task, record.run_id)
             with _signals(signal.SIG_IGN):
                 if renderer is not None:
                     renderer.cancel()
@@ -275,6 +295,10 @@ def _build(settings, plan, state, record, stale, target, scope, progress, gate_a
             _commit(settings, plan, record, gate_alias)
             crash_point("after-commit")
             moved = _finish(settings, j)
+        if renderer is not None:
+            from . import site
+
+            site.keep_reports(settings, record)
         names = {p.name for p in reports}
         outcome = Outcome(record, stale, [p for p in moved if p.name in names])
         if settings.gc.after_run:
@@ -356,7 +380,10 @@ def _ran(record, task_name: str) -> bool:
 
 
 def _finish(settings, j: journal.Journal) -> list[Path]:
-    """After the commit: the state file, the reports into place, the scratch folder and journal gone."""
+    """After the commit: the state file, the reports into place (kept in the run's folder of the reports site,
+    and the latest report of each task at its old address: one file, hard-linked), the scratch folder and
+    journal gone. Idempotent: each report is linked into the run's folder before it leaves the scratch
+    folder."""
     if j.state_after is not None:
         products.write_json(planning.state_path(settings), j.state_after)
     records.clear_pending(settings.path("data_dir"))  # moved into the runs table by the commit
@@ -364,9 +391,12 @@ def _finish(settings, j: journal.Journal) -> list[Path]:
     moved = []
     ready = journal.ready_reports_dir(settings)
     if ready.exists():
+        from . import site
+
         target = settings.path("reports_dir")
+        kept = site.run_reports_dir(settings, j.run_id)
         for f in sorted(ready.iterdir()):
-            target.mkdir(parents=True, exist_ok=True)
+            site.link(f, kept / f.name)
             os.replace(f, target / f.name)
             moved.append(target / f.name)
     journal.remove(settings)
@@ -478,20 +508,26 @@ def _closure(plan: planning.Plan, target: str) -> list[str]:
     return [n for n in plan.order() if n in needed]
 
 
-def _keep_failed_notebook(settings, plan, failed_task) -> list[Path]:
-    """The failing task's executed notebook, rendered under reports/failed/ before products are restored."""
+def _keep_failed_notebook(settings, plan, failed_task, run_id: str) -> list[Path]:
+    """The failing task's executed notebook, rendered under reports/failed/ before products are restored, and
+    kept in the run's folder of the reports site."""
     if not failed_task or not settings.pipeline.reports:
         return []
     nb = plan.tasks[failed_task].notebook
     if nb is None or not nb.exists():
         return []
-    from . import reports
+    from . import reports, site
 
     try:
-        return [reports.render(nb, settings.path("reports_dir") / "failed" / f"{failed_task}.html",
-                                 title=f"{failed_task} (failed)")]
+        out = reports.render(nb, settings.path("reports_dir") / site.FAILED_DIR / f"{failed_task}.html",
+                             title=f"{failed_task} (failed)")
     except Exception:  # a broken partial notebook must not hide the task's own error
         return []
+    try:
+        site.link(out, site.run_reports_dir(settings, run_id) / out.name)
+    except OSError:  # its page then says the report was not kept; the task's own error is what matters
+        pass
+    return [out]
 
 
 def _lineage(plan: planning.Plan, record: records.RunRecord) -> None:
