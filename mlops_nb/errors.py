@@ -36,7 +36,8 @@ class ValidationFailed(DataError):
         self.findings = list(findings)
         lines = [f"Data validation failed: {len(self.findings)} rule(s) broken."]
         lines += [f"  - {f}" for f in self.findings]
-        lines.append("Fix the source data (or the rule in mlops_nb/data/contracts.py) and run again.")
+        lines.append("Fix the source data (or the rule: in mlops_nb/data/contracts.py, or a project's record.yaml) "
+                     "and run again.")
         super().__init__("\n".join(lines))
 
 

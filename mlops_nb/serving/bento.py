@@ -23,11 +23,17 @@ from ..data import warehouse
 from ..errors import MlopsNbError
 
 SERVICE = "mlops_nb.serving.service:FlightDelay"
+RECORD_FILE = "record.yaml"  # a record file's place in a Bento
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 class BuildError(MlopsNbError):
     """`bentoml build` failed."""
+
+
+def _absolute(settings: config.Settings, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else settings.root / p
 
 
 def tool_env(settings: config.Settings) -> dict:
@@ -63,7 +69,11 @@ def build(settings: config.Settings) -> str:
         ctx = Path(tmp)
         shutil.copytree(PACKAGE_DIR, ctx / "mlops_nb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         for name in ("bentofile.yaml", "requirements.lock"):
-            shutil.copy2(settings.root / name, ctx / name)
+            if name == "bentofile.yaml" or (settings.root / name).is_file():  # a project of `init` has no lock
+                shutil.copy2(settings.root / name, ctx / name)
+        if settings.data.record:  # the record file goes in, and the Bento's settings name it there
+            shutil.copy2(_absolute(settings, settings.data.record), ctx / RECORD_FILE)
+            settings = settings.replace({"data.record": RECORD_FILE})
         (ctx / config.SETTINGS_FILE).write_text(settings.ini_text(
             f"The settings this Bento was built with (mlops-nb build of {settings.file}): every key, with\n"
             "the build's MLOPS_NB_* overrides. The service reads this file; MLOPS_NB_* where it runs override it."))

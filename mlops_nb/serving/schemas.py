@@ -125,3 +125,54 @@ def feedback_model(max_rows: int):
 class FeedbackAnswer(BaseModel):
     accepted: int = Field(description="outcomes written to the feedback log (all of the request's)")
     received_at: str = Field(description="when they were received (UTC, ISO 8601), their received_at")
+
+
+# A record described by data (``lib.spec``, a project's record.yaml): its request bodies and answer, built from
+# the spec as the flight record's are from RECORD. Body {"records": [...]} (or {"columns": {...}}); a closed
+# category accepts its categories only, an open one any text up to CATEGORY_MAX_CHARS; a nullable field may be
+# left out or null.
+CATEGORY_MAX_CHARS = 200
+
+
+def _spec_field(f, *, as_list: bool, max_rows: int | None = None):
+    from typing import Literal
+
+    doc = f.description or f"{f.kind} field '{f.name}'"
+    if f.kind == "category":
+        base = (Annotated[Literal[tuple(f.categories)], Field(description=doc)] if f.closed else
+                Annotated[str, Field(min_length=1, max_length=CATEGORY_MAX_CHARS, description=doc)])
+    elif f.integer:
+        base = Annotated[int, Field(ge=f.min, le=f.max, description=doc)]
+    else:
+        base = Annotated[float, Field(ge=f.min, le=f.max, allow_inf_nan=False, description=doc)]
+    if as_list:
+        item = Optional[base] if f.nullable else base
+        return (list[item], Field(None if f.nullable else ..., min_length=1, max_length=max_rows, description=doc))
+    return (Optional[base], None) if f.nullable else (base, ...)
+
+
+def spec_models(spec, max_rows: int):
+    """(PredictRequest, PredictBatchRequest, the answer) of a record described by data: {"records": [...]}
+    of records (``key`` as for flights) and {"columns": {...}} of columns; the answer gives each row's
+    probability that the target is the positive value, and whether it reaches the model's threshold."""
+    record = create_model("Record", __config__=ConfigDict(extra="forbid"),
+                          **{f.name: _spec_field(f, as_list=False) for f in spec.fields})
+    record.__doc__ = f"One record: the inputs of the model of '{spec.target}'."
+    columns = create_model("RecordColumns", __base__=_Columns,
+                           **{f.name: _spec_field(f, as_list=True, max_rows=max_rows) for f in spec.fields})
+    columns.model_config["extra"] = "forbid"
+    columns.model_rebuild(force=True)
+    columns.__doc__ = f"Many records as columns: each field a list, all of one length, at most {max_rows} long."
+    records = create_model(
+        "PredictRequest", __config__=ConfigDict(extra="forbid"),
+        records=(list[record], Field(..., min_length=1, max_length=max_rows)),
+        key=(Optional[str], Field(None, max_length=200, description=KEY_DOC)))
+    batch = create_model(
+        "PredictBatchRequest", __config__=ConfigDict(extra="forbid"),
+        columns=(columns, ...), key=(Optional[str], Field(None, max_length=200, description=KEY_DOC)))
+    answer = create_model(
+        "Scores", request_id=(str, ...), model_version=(str, ...),
+        arm=(str, Field(description="champion or challenger: which model answered")),
+        probability=(list[float], Field(description=f"P({spec.target} = {spec.positive!r}), a row each")),
+        positive=(list[bool], Field(description="probability >= the model's threshold, a row each")))
+    return records, batch, answer

@@ -20,6 +20,11 @@ from the API routes, its traffic timeout replaced by ``limits.Deadline`` (BentoM
 timer in the event loop), metrics counted in process, access log off by default, a full garbage collection
 then ``gc.freeze()`` at start-up, and the logs and profiles handed to a background thread.
 
+A project with a record file (``data.record``, written by ``mlops-nb init``) is served by the same class: its
+request bodies and answer come from the record (``schemas.spec_models``: ``{"records": [...]}``, answered with
+``probability`` and ``positive``), and it writes no prediction log or profiles (their formats, and the
+monitor, are the flight record's for now).
+
 Logs (formats in ``data.logs``): the recorder writes the prediction log (a line a row, with the request's
 key and latency) and the request log (a line a request to /predict, /predict_batch and /feedback,
 answered or refused, from the ``RequestLog`` middleware); POST /feedback appends observed outcomes to the
@@ -56,7 +61,7 @@ from .access import GetModel, RequestLog
 from .direct import Direct, Front
 from .limits import Deadline, RequestGuard
 from .recorder import Recorder, limits
-from .schemas import FeedbackAnswer, ModelInfo, Prediction, feedback_model, request_models
+from .schemas import FeedbackAnswer, ModelInfo, Prediction, feedback_model, request_models, spec_models
 
 API_ROUTES = ["/predict", "/predict_batch", "/model", "/feedback"]
 LOGGED_ROUTES = ["/predict", "/predict_batch", "/feedback"]  # a line each in the request log
@@ -67,12 +72,36 @@ SETTINGS = config.serving_settings()
 BENTO = config.bento_source()  # a Bento's source folder, or None in a project
 MAX_ROWS = SETTINGS.serving.max_rows
 MAX_BODY_BYTES = MAX_ROWS * 1024 + 65536  # a record is ~400 bytes of JSON
-PredictRequest, PredictBatchRequest = request_models(MAX_ROWS)
 FeedbackRequest = feedback_model(MAX_ROWS)
 
 
 class ServingError(MlopsNbError):
     """The service cannot start: no model to serve, or the model store lacks it."""
+
+
+def record_spec(settings: config.Settings):
+    """The record file's spec (``data.record``, relative to the settings' folder), or None: the flight record."""
+    if not settings.data.record:
+        return None
+    from pathlib import Path
+
+    from ..lib import spec
+
+    path = Path(settings.data.record)
+    try:
+        return spec.load(path if path.is_absolute() else settings.root / path)
+    except ValueError as e:
+        raise ServingError(f"Cannot serve the record of 'data.record': {e}") from None
+
+
+SPEC = record_spec(SETTINGS)
+if SPEC is None:
+    PredictRequest, PredictBatchRequest = request_models(MAX_ROWS)
+    Answer = Prediction
+    BODY = "flights"  # the field of POST /predict's body that holds the records
+else:
+    PredictRequest, PredictBatchRequest, Answer = spec_models(SPEC, MAX_ROWS)
+    BODY = "records"
 
 
 @dataclass
@@ -168,6 +197,10 @@ class FlightDelay:
         tags = resolve_models(SETTINGS)
         compiled = SETTINGS.serving.compiled
         self.champion = load(tags["champion"], compiled)
+        if self.champion.scorer.spec != SPEC:
+            raise ServingError(f"The champion {self.champion.tag} was trained on another record than this project's "
+                               f"('data.record' = {SETTINGS.data.record!r}): its requests would not fit it. Run the "
+                               "pipeline (`mlops-nb run`) to register a champion of this record.")
         self.challenger = None
         if self.mode != "champion":
             if "challenger" not in tags:
@@ -178,6 +211,14 @@ class FlightDelay:
         shadow = (self.challenger.version, self.challenger.predict) if self.mode == "shadow" else None
         out = config.serving_dir(SETTINGS, in_bento=BENTO is not None)
         log, profile = SETTINGS.serving.log_predictions, SETTINGS.serving.profile_requests
+        if SPEC is not None and (log or profile):
+            print("mlops-nb: the prediction log and request profiles are written for the flight record only; a "
+                  "record file's service writes neither (set serving.log_predictions and "
+                  "serving.profile_requests to false to silence this)", flush=True)
+            log = profile = False
+        if SPEC is not None and SETTINGS.serving.clock == "flight":
+            raise ServingError("serving.clock = flight needs the flight record's departure time; a record file's "
+                               "service logs at wall time: set serving.clock = wall.")
         self.recorder = (Recorder(out, SETTINGS.serving.profile_window_minutes, shadow, log=log, profile=profile,
                                   **limits(SETTINGS)) if log or profile else None)
         self.out = out
@@ -215,7 +256,7 @@ class FlightDelay:
             RUNNING.recorder = None
             self.recorder.close()
 
-    async def answer(self, rows, n: int, key: Optional[str], started: float, first: dict, route: str) -> Prediction:
+    async def answer(self, rows, n: int, key: Optional[str], started: float, first: dict, route: str) -> Answer:
         """Score ``rows`` (records, or columns) of ``n`` rows, count and log them, answer."""
         request_id = os.urandom(8).hex()
         arm = arm_for(key or request_id, self.share) if self.share else "champion"
@@ -228,8 +269,11 @@ class FlightDelay:
             latency_ms = seconds * 1000.0
             at = flight_time(first) if self.flight_clock else None
             self.recorder.record(request_id, model.version, arm, logged, p, key, latency_ms, at)
-        return Prediction(request_id=request_id, model_version=model.version, arm=arm, p_late=p.tolist(),
-                          late=(p >= model.threshold).tolist())
+        if SPEC is None:
+            return Prediction(request_id=request_id, model_version=model.version, arm=arm, p_late=p.tolist(),
+                              late=(p >= model.threshold).tolist())
+        return Answer(request_id=request_id, model_version=model.version, arm=arm, probability=p.tolist(),
+                      positive=(p >= model.threshold).tolist())
 
     def score(self, model: Loaded, rows, n: int):
         """P(late), and the rows as the recorder takes them (columns become a frame, off the event loop)."""
@@ -243,15 +287,16 @@ class FlightDelay:
         return p, pd.DataFrame({name: values if values is not None else [None] * n for name, values in rows.items()})
 
     @bentoml.api(route="/predict")
-    async def predict(self, request: PredictRequest, /) -> Prediction:
-        """P(late) for one or more flight records."""
+    async def predict(self, request: PredictRequest, /) -> Answer:
+        """P(late) for one or more flight records (a record file's project: P(target = positive) of records)."""
         started = time.perf_counter()
-        records = [f.__dict__ for f in request.flights]
+        records = [f.__dict__ for f in getattr(request, BODY)]
         return await self.answer(records, len(records), request.key, started, records[0], "/predict")
 
     @bentoml.api(route="/predict_batch")
-    async def predict_batch(self, request: PredictBatchRequest, /) -> Prediction:
-        """P(late) for many flights sent as columns (faster to parse than records)."""
+    async def predict_batch(self, request: PredictBatchRequest, /) -> Answer:
+        """P(late) for many flights sent as columns (faster to parse than records); a record file's project:
+        its records as columns."""
         started = time.perf_counter()
         columns = dict(request.columns)
         n = request.columns.n_rows()
