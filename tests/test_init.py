@@ -3,10 +3,9 @@
 Five generated CSVs (numbers only; categories; missing values; a time column; a string target of three
 values made binary with --positive): each is turned into a project by the real CLI, run by `mlops-nb run` in
 its folder (the project's notebooks, a real DuckDB warehouse and model store), and must register a champion
-whose compiled form passed its checks. Two of them (missing values, the string target) are then served by a
-real `mlops-nb serve` on a free port of 127.0.0.1 and answer a row of their CSV over HTTP; serving all five
-would add a cold start each (about 10 s) and test nothing the two do not. Bad input: each refusal is a clear
-error (what was expected, what was found, how to fix it) and leaves no folder behind.
+whose compiled form passed its checks; then each is served by a real `mlops-nb serve` on a free port of
+127.0.0.1 and answers rows of its CSV over HTTP with the trained pipeline's probabilities. Bad input: each
+refusal is a clear error (what was expected, what was found, how to fix it) and leaves no folder behind.
 """
 from __future__ import annotations
 
@@ -14,12 +13,14 @@ import json
 import math
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import CLI, run_cli
+from mlops_nb.lib import model
 from served_project import Server, client
 
 ROWS = 900
@@ -67,7 +68,6 @@ def _string_target(rng, n):
 
 SHAPES = {"numbers": _numbers, "categories": _categories, "missing": _missing, "time": _time,
           "string_target": _string_target}
-SERVED = ("missing", "string_target")
 
 
 def _args(options: dict) -> list[str]:
@@ -158,7 +158,7 @@ def _row(record: dict, values: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", SERVED)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_the_champion_is_served_for_the_csvs_columns(projects, shape, tmp_path):
     project, frame, options, made, ran, _ = projects[shape]
     assert ran is not None and ran.returncode == 0, str(ran)
@@ -175,6 +175,9 @@ def test_the_champion_is_served_for_the_csvs_columns(projects, shape, tmp_path):
             assert set(body) == {"request_id", "model_version", "arm", "probability", "positive"}
             assert len(body["probability"]) == 5 and all(0 <= p <= 1 for p in body["probability"])
             assert body["positive"] == [p >= 0.5 for p in body["probability"]]
+            trained = model.predict_proba(joblib.load(project / "data" / "products" / "model.joblib"),
+                                          pd.DataFrame(rows))  # the pipeline as trained, on the same rows
+            assert np.allclose(body["probability"], trained, rtol=0, atol=1e-12), (body["probability"], trained)
             champion = run_cli(project, "models", "show", "champion", "--json").json()
             assert body["model_version"] == champion["version"]
 
