@@ -148,3 +148,14 @@ def test_a_bentos_settings_file_loads_back_to_the_same_settings(tmp_path):
     copy.write_text(settings.ini_text("built from\nthe project"))
     again = config.load(copy, environ={})
     assert again.raw == settings.raw and again.model.seed == 9 and again.serving.max_rows == 7
+
+
+def test_the_reports_site_lists_the_bento_once_built(built):
+    """`mlops-nb build` rewrites the reports site: the registry page names the Bento and what it pins."""
+    import html
+
+    project, tag, champion, _ = built
+    text = (project / "reports" / "site" / "models.html").read_text(encoding="utf-8")
+    bentos = text[text.index("<h2>Bentos</h2>"):]
+    assert f'<td class="mono">{html.escape(tag)}</td>' in bentos, bentos[:2000]
+    assert f"model-{champion}.html" in bentos

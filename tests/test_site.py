@@ -222,16 +222,23 @@ def test_the_registry_pages(site):
     assert re.search(r'<table id="registrations">.*passed', page, re.S)
 
 
-def test_mlops_nb_report_shows_a_registry_change(site, tmp_path):
+def test_a_promotion_and_a_rollback_update_the_site(site, tmp_path):
     project = copy_tree(site["project"], tmp_path)
+    champion = next(v for v in site["versions"] if "champion" in v["aliases"])
     other = next(v for v in site["versions"] if "champion" not in v["aliases"])
+    models = project / "reports" / "site" / "models.html"
+
+    def champion_row() -> str:
+        text = models.read_text(encoding="utf-8")
+        return re.search(r'<table id="aliases">(.*?)</table>', text, re.S).group(1)
+
     run_ok(project, "models", "promote", other["version"], "--reason", "a <b>hand</b> promotion")
-    written = run_ok(project, "report", "--json").json()["written"]
-    assert str(project / "reports" / "site" / "models.html") in written
-    text = (project / "reports" / "site" / "models.html").read_text(encoding="utf-8")
-    aliases = re.search(r'<table id="aliases">(.*?)</table>', text, re.S).group(1)
-    assert re.search(rf'champion</span></td><td><a href="model-{other["version"]}.html"', aliases), aliases
+    assert re.search(rf'champion</span></td><td><a href="model-{other["version"]}.html"', champion_row())
+    text = models.read_text(encoding="utf-8")
     assert "a &lt;b&gt;hand&lt;/b&gt; promotion" in text and "<b>hand</b>" not in text  # escaped
+    assert run_ok(project, "report", "--json").json()["written"] == []  # already up to date
+    run_ok(project, "models", "rollback")
+    assert re.search(rf'champion</span></td><td><a href="model-{champion["version"]}.html"', champion_row())
     assert_links_resolve(project / "reports")
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from .report import refresh_site
+
 
 def cmd_models(args) -> int:
     from .. import config, registry
@@ -21,6 +23,7 @@ def cmd_models(args) -> int:
             else:
                 before, now = registry.rollback(con, args.alias)
                 print(f"{args.alias}: {before} -> {now} (rolled back)")
+        refresh_site(settings)
         return 0
     with warehouse.connect(settings=settings) as con:
         if action == "list":

@@ -1,6 +1,8 @@
 """`mlops-nb serve` and `mlops-nb build`: the service, and a Bento pinned to the champion."""
 from __future__ import annotations
 
+from .report import refresh_site
+
 
 def cmd_serve(args) -> int:
     """Serve the project's champion, or with ``--bento TAG`` a Bento of the project's store with the
@@ -23,5 +25,7 @@ def cmd_build(args) -> int:
     from .. import config
     from ..serving import bento
 
-    print(bento.build(config.load(check_inputs=False)))
+    settings = config.load(check_inputs=False)
+    print(bento.build(settings))
+    refresh_site(settings)
     return 0
