@@ -43,17 +43,32 @@ def render(snapshot, options: dict, planes: str) -> str:
                              **{k: ",".join(map(str, v)) for k, v in options.items()})
 
 
-def build(con, snapshot, split: dict) -> FeatureSet:
-    """The feature set of ``snapshot`` under ``split`` (train/valid/test -> months), made unless there."""
-    options = {s: [int(m) for m in split[s]] for s in SPLITS}
-    text = sql_text()
-    sql_sha = hashlib.sha256(text.encode()).hexdigest()
+def _identity(con, snapshot, sql: str, options: dict):
+    """(id, table name, SQL's sha256, the feature set when it is already made): content-addressed by the
+    snapshot, the SQL text and the options."""
+    sql_sha = hashlib.sha256(sql.encode()).hexdigest()
     fs_id = hashlib.sha256(json.dumps([snapshot.snapshot_id, sql_sha, options]).encode()).hexdigest()
     name = f"f_{fs_id[:12]}"
     row = con.execute("SELECT row_counts FROM feature_sets WHERE feature_set_id = ? AND collected_at IS NULL",
                       [fs_id]).fetchone()
-    if row:
-        return FeatureSet(fs_id, name, snapshot.snapshot_id, json.loads(row[0]), added=False)
+    existing = FeatureSet(fs_id, name, snapshot.snapshot_id, json.loads(row[0]), added=False) if row else None
+    return fs_id, name, sql_sha, existing
+
+
+def _record(con, fs_id: str, name: str, snapshot, sql_sha: str, options: dict, counts: dict) -> None:
+    con.execute("INSERT OR REPLACE INTO feature_sets (feature_set_id, table_name, snapshot_id, sql_sha256, "
+                "options, row_counts, created_at, collected_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                [fs_id, name, snapshot.snapshot_id, sql_sha, json.dumps(options), json.dumps(counts),
+                 datetime.now(timezone.utc).replace(tzinfo=None)])
+
+
+def build(con, snapshot, split: dict) -> FeatureSet:
+    """The feature set of ``snapshot`` under ``split`` (train/valid/test -> months), made unless there."""
+    options = {s: [int(m) for m in split[s]] for s in SPLITS}
+    text = sql_text()
+    fs_id, name, sql_sha, existing = _identity(con, snapshot, text, options)
+    if existing is not None:
+        return existing
     planes = (snapshot.table("planes") if has_table(con, "planes", snapshot.schema_name)
               else "(SELECT NULL::VARCHAR AS tailnum, NULL::INTEGER AS year, NULL::INTEGER AS seats "
                    "WHERE false)")
@@ -72,10 +87,7 @@ def build(con, snapshot, split: dict) -> FeatureSet:
                 f"The {', '.join(empty)} split(s) have no rows: the split months are {options} but the "
                 f"snapshot holds flights of months {months}. Set 'split.*_months' (or 'data.months') so "
                 "that every split gets some months.")
-        con.execute("INSERT OR REPLACE INTO feature_sets (feature_set_id, table_name, snapshot_id, sql_sha256, "
-                    "options, row_counts, created_at, collected_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                    [fs_id, name, snapshot.snapshot_id, sql_sha, json.dumps(options), json.dumps(counts),
-                     datetime.now(timezone.utc).replace(tzinfo=None)])
+        _record(con, fs_id, name, snapshot, sql_sha, options, counts)
     return FeatureSet(fs_id, name, snapshot.snapshot_id, counts, added=True)
 
 
@@ -125,13 +137,9 @@ def build_records(con, snapshot, spec, sql: str, split: dict) -> FeatureSet:
     if split["by"] == "random":
         options["random_seed"] = int(split["random_seed"])
     rendered = sql.replace("{snapshot}", f'"{snapshot.schema_name}"').replace("{split}", split_expression(spec, options))
-    sql_sha = hashlib.sha256(sql.encode()).hexdigest()
-    fs_id = hashlib.sha256(json.dumps([snapshot.snapshot_id, sql_sha, options]).encode()).hexdigest()
-    name = f"f_{fs_id[:12]}"
-    row = con.execute("SELECT row_counts FROM feature_sets WHERE feature_set_id = ? AND collected_at IS NULL",
-                      [fs_id]).fetchone()
-    if row:
-        return FeatureSet(fs_id, name, snapshot.snapshot_id, json.loads(row[0]), added=False)
+    fs_id, name, sql_sha, existing = _identity(con, snapshot, sql, options)
+    if existing is not None:
+        return existing
     with transaction(con):
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
         try:
@@ -157,8 +165,5 @@ def build_records(con, snapshot, spec, sql: str, split: dict) -> FeatureSet:
         if one_class:
             raise DataError(f"The {', '.join(one_class)} split(s) hold one class of the target only: a model can "
                             "be neither fitted nor scored there. Add rows, or change the split's shares.")
-        con.execute("INSERT OR REPLACE INTO feature_sets (feature_set_id, table_name, snapshot_id, sql_sha256, "
-                    "options, row_counts, created_at, collected_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                    [fs_id, name, snapshot.snapshot_id, sql_sha, json.dumps(options), json.dumps(counts),
-                     datetime.now(timezone.utc).replace(tzinfo=None)])
+        _record(con, fs_id, name, snapshot, sql_sha, options, counts)
     return FeatureSet(fs_id, name, snapshot.snapshot_id, counts, added=True)
