@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from .transforms import record_arrays as _record_arrays
+
 # %% auto #0
 __all__ = ['KINDS', 'NAME', 'RESERVED', 'Field', 'Spec', 'from_dict', 'load']
 
@@ -90,23 +92,8 @@ class Spec:
         return pd.DataFrame(columns, index=df.index, copy=False)
 
     def record_arrays(self, rows) -> dict:
-        "Validated records (a list of dicts, or a dict of columns with None for an absent one, as the service's schemas give them) as the record's columns in NumPy, without pandas, as `record_frame` gives them."
-        numbers, categories = self.numeric, self.categorical
-        columns = {}
-        if isinstance(rows, list):
-            block = np.array([[r.get(name) for name in numbers] for r in rows], dtype=np.float64)
-            columns.update(zip(numbers, np.ascontiguousarray(block.reshape(len(rows), len(numbers)).T)))
-            for name in categories:
-                columns[name] = np.array([r.get(name) for r in rows], dtype=object)
-        else:
-            n = max(len(v) for v in rows.values() if v is not None)
-            for name in numbers:
-                values = rows.get(name)
-                columns[name] = np.full(n, np.nan) if values is None else np.array(values, dtype=np.float64)
-            for name in categories:
-                values = rows.get(name)
-                columns[name] = np.array([None] * n if values is None else values, dtype=object)
-        return {name: columns[name] for name in self.names}
+        "Validated records (a list of dicts, or a dict of columns with None for an absent one, as the service's schemas give them) as the record's columns in NumPy, without pandas, as `record_frame` gives them (the flight record's `transforms.record_arrays` with this record's fields)."
+        return _record_arrays(rows, self.numeric, self.categorical, self.names)
 
     def derive_arrays(self, col: dict) -> dict:
         "The model's inputs from the record's columns: the categories, then the numbers, as they are (a generic record derives nothing)."
