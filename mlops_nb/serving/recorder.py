@@ -97,8 +97,6 @@ class Recorder:
         self._thread = threading.Thread(target=self._loop, name="mlops-nb-recorder", daemon=True)
         self._process: subprocess.Popen | None = None
         self._started_at = -RESTART_SECONDS
-        self.rows_sent = 0
-        self.errors = 0
 
     def start(self) -> "Recorder":
         if not (self.log or self.profile):
@@ -174,7 +172,6 @@ class Recorder:
             if batch or (requests and self.log):
                 self._hand_over(batch, requests if self.log else [])
         except Exception as e:  # never let logging take the service down; count and report
-            self.errors += 1
             try:
                 metrics.dropped(PREDICTIONS, rows, len(batch))
                 metrics.dropped(REQUESTS, len(requests), len(requests))
@@ -213,7 +210,6 @@ class Recorder:
                 start, rows = i + 1, 0
         piece = None if shadow is None else (shadow[0], shadow[1][start:])
         send(self._process.stdin, (batch[start:], requests, piece))
-        self.rows_sent += sum(len(b[4]) for b in batch)
 
     def _tell_drops(self) -> None:
         """New drops to /metrics at once; a printed line at most every DROP_WARN_SECONDS."""
@@ -228,7 +224,6 @@ class Recorder:
             if lines:
                 metrics.dropped(REQUESTS, lines, lines)
         except Exception as e:  # metrics must not stop the logging
-            self.errors += 1
             print(f"mlops-nb recorder: could not publish dropped-row metrics: {e!r}", flush=True)
         if time.monotonic() - self._told_at >= DROP_WARN_SECONDS:
             told = self._told
@@ -247,7 +242,6 @@ class Recorder:
         try:
             expire(self.dir, self.log_max_age_seconds)
         except OSError as e:
-            self.errors += 1
             print(f"mlops-nb recorder: could not delete logs older than {self.log_max_age_seconds / 86400:g} "
                   f"day(s) under {self.dir}: {e!r}; retried in an hour", flush=True)
 
