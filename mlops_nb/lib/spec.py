@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from .transforms import record_arrays as _record_arrays
+from .columns import record_arrays as _record_arrays
 
 # %% auto #0
 __all__ = ['KINDS', 'NAME', 'RESERVED', 'Field', 'Spec', 'from_dict', 'load']
@@ -92,7 +92,7 @@ class Spec:
         return pd.DataFrame(columns, index=df.index, copy=False)
 
     def record_arrays(self, rows) -> dict:
-        "Validated records (a list of dicts, or a dict of columns with None for an absent one, as the service's schemas give them) as the record's columns in NumPy, without pandas, as `record_frame` gives them (the flight record's `transforms.record_arrays` with this record's fields)."
+        "Validated records (a list of dicts, or a dict of columns with None for an absent one, as the service's schemas give them) as the record's columns in NumPy, without pandas, as `record_frame` gives them (`lib.columns.record_arrays` with this record's fields)."
         return _record_arrays(rows, self.numeric, self.categorical, self.names)
 
     def derive_arrays(self, col: dict) -> dict:

@@ -10,6 +10,7 @@ import functools
 import numpy as np
 import pandas as pd
 
+from .columns import record_arrays as _record_arrays
 from .record import CATEGORICAL, LABEL, NUMERIC, RECORD, REQUIRED  # noqa: F401 (re-exported)
 
 # %% auto #0
@@ -38,23 +39,9 @@ _NUMBERS = [name for name, (kind, *_) in RECORD.items() if kind != "category"]
 _CATEGORIES = [name for name, (kind, *_) in RECORD.items() if kind == "category"]
 
 
-def record_arrays(rows, numbers=_NUMBERS, categories=_CATEGORIES, names=RECORD) -> dict:
-    "Validated records (a list of dicts, or a dict of columns with None for an absent one, as the service's schemas give them) as the record's columns in NumPy, without pandas: numbers float64 (NaN when missing: NumPy reads None as NaN), categories object (None when missing), as `record_frame` gives them. The numbers of a list of records are one NumPy call: a one-row request is a few microseconds. `numbers`, `categories`, `names`: another record's fields (`lib.spec`), the flight record's by default."
-    columns = {}
-    if isinstance(rows, list):
-        block = np.array([[r.get(name) for name in numbers] for r in rows], dtype=np.float64)
-        columns.update(zip(numbers, np.ascontiguousarray(block.reshape(len(rows), len(numbers)).T)))
-        for name in categories:
-            columns[name] = np.array([r.get(name) for r in rows], dtype=object)
-    else:
-        n = max(len(v) for v in rows.values() if v is not None)
-        for name in numbers:
-            values = rows.get(name)
-            columns[name] = np.full(n, np.nan) if values is None else np.array(values, dtype=np.float64)
-        for name in categories:
-            values = rows.get(name)
-            columns[name] = np.array([None] * n if values is None else values, dtype=object)
-    return {name: columns[name] for name in names}
+def record_arrays(rows) -> dict:
+    "The flight record's columns in NumPy, without pandas, as `record_frame` gives them (`lib.columns.record_arrays` with the flight record's fields)."
+    return _record_arrays(rows, _NUMBERS, _CATEGORIES, RECORD)
 
 # %% ../../notebooks/lib/00_transforms.ipynb #5445b229
 def _calendar(year, month, day):
