@@ -216,11 +216,11 @@ def main() -> int:
                     wrk(f"{url}/predict", lua, 4, 2)  # warm-up (and the dispatcher's training batches)
                     time.sleep(1)
                     for label, c in steps:
-                        before_cpu = tree_cpu(proc.pid)
+                        before_cpu = tree_cpu(proc.pid)["tree"]
                         before_batches = batch_stats(url)
                         r = wrk(f"{url}/predict", lua, c, args.seconds)
                         rows, batches = (a - b for a, b in zip(batch_stats(url), before_batches))
-                        r["cpu_ms"] = (tree_cpu(proc.pid) - before_cpu) / max(r["requests"], 1) * 1e3
+                        r["cpu_ms"] = (tree_cpu(proc.pid)["tree"] - before_cpu) / max(r["requests"], 1) * 1e3
                         r["mean_batch"] = rows / batches if batches else None
                         r["ok_rps"] = r["rps"] * (r["requests"] - r["errors"]) / max(r["requests"], 1)
                         results.setdefault((name, label), []).append(r)

@@ -228,3 +228,38 @@ def test_a_dead_recorder_process_is_started_again(settings, fast, monkeypatch, c
         rec.close()
     assert [x["request_id"] for x in lines(serving / logs.PREDICTIONS)] == [f"{i:016x}" for i in range(4)]
     assert "the recorder's process exited (-9); starting it again" in capfd.readouterr().out
+
+
+def test_the_writer_profiles_on_its_clock_when_no_input_comes(tmp_path):
+    """The recorder's process, as the server starts it: the rows of the last requests before a quiet spell
+    reach the window's profile on disk while the pipe stays open (no next request, no shutdown)."""
+    import subprocess
+    import sys
+
+    from mlops_nb.data import profiles
+    from mlops_nb.serving import writer
+
+    # a profile every 2 s, written 0.5 s after: the second batch comes right after the first is profiled
+    clock = ("import sys, mlops_nb.serving.writer as w; w.PROFILE_SECONDS, w.WRITE_SECONDS = 2.0, 0.5; "
+             "sys.exit(w.main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", clock, str(tmp_path), "w0", "60.0", "1000000", "--profile"],
+                            stdin=subprocess.PIPE, env=config.child_environment())
+    rng = random.Random(4)
+
+    def rows_in_profile() -> int:
+        found = list((tmp_path / logs.PROFILES).glob("*.bin"))
+        return profiles.summaries(found[0])["p_late"]["n"] if found else 0
+
+    total = 0
+    try:
+        for count in (3, 2):
+            batch = [(BASE + i, f"{i:016x}", "v1", "champion", [record(rng)], [0.25], None, 1.0)
+                     for i in range(total, total + count)]
+            writer.send(proc.stdin, (batch, [], None))
+            total += count
+            wait_for(lambda: rows_in_profile() == total, timeout=30, what="the writer's profile")
+            assert proc.poll() is None
+    finally:
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    assert len(list((tmp_path / logs.PROFILES).glob("*.bin"))) == 1

@@ -15,7 +15,9 @@ queued rows and request-log tuples (``recorder.Recorder``), and writes (formats 
 A window's log past ``log_max_bytes`` goes on in the next part (a batch's lines are never split, no file
 is ever rewritten: the monitor reads each by its offset). Rows are profiled every PROFILE_SECONDS (whylogs
 costs a call whatever the rows), one rolling profile a window, rewritten every WRITE_SECONDS and final when
-the window ends or the input does.
+the window ends or the input does. The clock runs without input too (a thread reads the pipe): the rows of
+the last requests before a quiet spell are profiled within PROFILE_SECONDS and on disk within
+WRITE_SECONDS, not when the next request comes.
 
     python -m mlops_nb.serving.writer SERVING_DIR WORKER WINDOW_SECONDS LOG_MAX_BYTES [--log] [--profile]
 """
@@ -25,8 +27,10 @@ import json
 import math
 import os
 import pickle
+import queue
 import struct
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +40,8 @@ from ..data.logs import PREDICTIONS, PROFILES, REQUESTS, append, window_path
 PROFILE_SECONDS = 10.0    # how often queued rows are profiled
 WRITE_SECONDS = 60.0      # how often the growing window profile (~0.5 MB) is rewritten
 KEEP_PARTS = 64           # (kind, window) -> current part remembered; more are forgotten (found again by size)
+TICK_SECONDS = 1.0        # how often the clock is looked at when no input comes
+INBOX_ITEMS = 64          # items read ahead of the writing (each up to recorder.CHUNK_ROWS rows); then the pipe fills
 HEADER = struct.Struct("!Q")
 
 
@@ -70,6 +76,7 @@ class Writer:
         self._pending: dict[float, list] = {}     # window start -> frames not yet profiled
         self._profiled_at = time.monotonic()
         self._profile, self._window, self._written_at = None, None, time.monotonic()
+        self._unwritten = False                   # the rolling profile has rows the file lacks
 
     def take(self, batch: list, requests: list, shadow) -> None:
         """A piece of one drain of the server: rows, and with its last piece the drain's request lines (a
@@ -87,8 +94,16 @@ class Writer:
                 print(f"mlops-nb recorder: could not write {len(requests)} line(s) of the request log: {e!r}",
                       flush=True)
             self._rows_before, self._rows_of = self._rows_of, {}
-        if self.profile and time.monotonic() - self._profiled_at >= PROFILE_SECONDS:
+        self.tick()
+
+    def tick(self) -> None:
+        """Profile what is pending and rewrite the window's profile when they are due."""
+        if not self.profile:
+            return
+        if self._pending and time.monotonic() - self._profiled_at >= PROFILE_SECONDS:
             self.profile_pending()
+        if self._unwritten and time.monotonic() - self._written_at > WRITE_SECONDS:
+            self.write_profile()
 
     def _rows(self, batch: list, shadow) -> None:
         import numpy as np
@@ -160,13 +175,12 @@ class Writer:
             self._window = start
             rows = pending[start][0] if len(pending[start]) == 1 else pd.concat(pending[start], ignore_index=True)
             self._profile = profiles.merge(self._profile, profiles.profile(rows))
-        if time.monotonic() - self._written_at > WRITE_SECONDS:
-            self.write_profile()
+            self._unwritten = True
 
     def write_profile(self) -> None:
         from ..data import profiles
 
-        self._written_at = time.monotonic()
+        self._written_at, self._unwritten = time.monotonic(), False
         if self._profile is not None:
             path = window_path(self.dir, PROFILES, self._window, self.worker, ".bin")
             tmp = path.with_name("." + path.name + ".tmp")
@@ -245,8 +259,25 @@ def main(argv: list[str]) -> int:
         from ..data import profiles
 
         profiles.load()
-    for batch, requests, shadow in items(sys.stdin.buffer):
-        writer.take(batch, requests, shadow)
+    inbox: queue.Queue = queue.Queue(INBOX_ITEMS)
+
+    def read() -> None:
+        try:
+            for item in items(sys.stdin.buffer):
+                inbox.put(item)
+        finally:
+            inbox.put(None)
+
+    threading.Thread(target=read, name="mlops-nb-writer-input", daemon=True).start()
+    while True:
+        try:
+            item = inbox.get(timeout=TICK_SECONDS)
+        except queue.Empty:
+            writer.tick()
+            continue
+        if item is None:
+            break
+        writer.take(*item)
     writer.close()
     return 0
 
