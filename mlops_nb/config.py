@@ -178,6 +178,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key("42", _non_negative(int), "an integer >= 0", "every random choice of training"),
         "threshold": Key("0.5", float, "a float in (0, 1)", "probability cut-off for accuracy"),
     },
+    "features": {
+        "definitions": Key("features.yaml", _text, "a file path",
+                           "the point-in-time feature definitions: entities, event sources, views"),
+    },
     "registry": {
         "model_name": Key("flight_delay", _text, "a name of letters, digits, '_' or '-'",
                           "the model's name in the BentoML store"),

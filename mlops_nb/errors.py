@@ -29,6 +29,10 @@ class DataError(MlopsNbError, ValueError):
     http_status = 422
 
 
+class FeatureStoreError(DataError):
+    """Feature definitions, a spine or pushed events are not what the feature store needs."""
+
+
 class ValidationFailed(DataError):
     """Ingested data broke one or more rules of its contract."""
 

@@ -23,8 +23,8 @@ GENERATED = EXPORTED | {"_modidx"}
 # serving, monitoring, interactive and scaffold (mlops-nb init) share a rank and never import each other (the
 # service's log formats, data.logs, are all serving and monitoring share). "base" is config, errors, lib (the
 # generated model code), __init__ and _modidx.
-RANK = {"cli": 0, "serving": 1, "monitoring": 1, "interactive": 1, "scaffold": 1, "run": 2, "registry": 3, "data": 4,
-        "base": 5}
+RANK = {"cli": 0, "serving": 1, "monitoring": 1, "interactive": 1, "scaffold": 1, "run": 2, "registry": 3,
+        "featurestore": 3.5, "data": 4, "base": 5}
 LAYERS = list(RANK)
 
 

@@ -8,6 +8,7 @@ import sys
 
 from .alerts import cmd_alerts
 from .drift import cmd_drift
+from .features import cmd_features
 from .feedback import cmd_feedback
 from .gc import cmd_gc
 from .init import cmd_init
@@ -153,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0, help="seed of the sample and the request keys")
     simulate.add_argument("--json", action="store_true", help="print one JSON object")
 
+    features = sub.add_parser("features", help="the feature store: point-in-time features of features.yaml",
+                              description="Point-in-time features, declared once in features.yaml (entities, event "
+                                          "sources, views with aggregations over windows and a time to live).")
+    fsub = features.add_subparsers(dest="features_command", metavar="ACTION", required=True)
+    fh = fsub.add_parser("historical", help="join a spine to the features as of each row's time (Parquet out)",
+                         description="Join SPINE (CSV or Parquet: entity columns named as the entities, and a "
+                                     "timestamp column) to every feature as of each row's timestamp, from events "
+                                     "strictly before it. --out writes Parquet: the spine's columns and one column "
+                                     "a feature, in the spine's order; without it, CSV on stdout.")
+    fh.add_argument("spine", metavar="SPINE", help="a CSV or Parquet file")
+    fh.add_argument("--out", metavar="FILE", help="write Parquet here (written whole or not at all)")
+    fh.add_argument("--timestamp-column", default="event_timestamp", metavar="NAME",
+                    help="the spine's column holding the time each row asks about (default event_timestamp)")
+
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 
     init = sub.add_parser("init", help="a new project from a CSV file: its record inferred from the data",
@@ -195,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc,
                     "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift, "alerts": cmd_alerts,
                     "retrain": cmd_retrain, "simulate": cmd_simulate, "report": cmd_report,
-                    "init": cmd_init}
+                    "init": cmd_init, "features": cmd_features}
         if args.command in FLIGHTS_ONLY:
             _flights_only(args.command)
         if args.command in ("runs", "models", "serve", "build", "gc", "report"):
