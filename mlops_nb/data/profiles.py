@@ -104,6 +104,26 @@ def profile(df):
     return _profile_in_two(df)
 
 
+class Rolling:
+    """A profile that grows as frames are tracked into it: whylogs sets up a profile's columns once (about
+    70 ms for the request's 21 columns), so a long-lived process tracking every few seconds (the service's
+    recorder) pays that once a window, not once a batch, and merges nothing."""
+
+    def __init__(self):
+        self._profile = None
+
+    def track(self, df) -> None:
+        why = _whylogs()
+        if self._profile is None:
+            self._profile = why.log(pandas=df).profile()
+        else:
+            self._profile.track(pandas=df)
+
+    def view(self):
+        """The profile so far (a view: what ``write`` and ``merge`` take), or None before any rows."""
+        return None if self._profile is None else self._profile.view()
+
+
 def _profile_in_two(df):
     why = _whylogs()
     from whylogs.core import DatasetProfileView

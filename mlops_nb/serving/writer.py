@@ -73,7 +73,7 @@ class Writer:
         self._rows_of: dict[str, int] = {}       # request id -> rows, of this drain and the last
         self._rows_before: dict[str, int] = {}
         self._stamp_second, self._stamp_prefix = None, ""
-        self._pending: dict[float, list] = {}     # window start -> frames not yet profiled
+        self._pending: dict[float, tuple] = {}    # window start -> (rows, p_late, arms) not yet profiled
         self._profiled_at = time.monotonic()
         self._profile, self._window, self._written_at = None, None, time.monotonic()
         self._unwritten = False                   # the rolling profile has rows the file lacks
@@ -111,8 +111,8 @@ class Writer:
         starts = [self._window_of(b[0]) for b in batch]
         for start in sorted(set(starts)):
             part = [b for b, s in zip(batch, starts) if s == start]
-            inputs = frame([b[4] for b in part])
             if self.log:
+                inputs = frame([b[4] for b in part])
                 rows_shadow = None
                 if shadow is not None:
                     version, p = shadow
@@ -120,10 +120,12 @@ class Writer:
                     rows_shadow = (version, np.concatenate([p[i] for i in at]))
                 self._predictions(start, part, inputs, rows_shadow)
             if self.profile:
-                sizes = [len(b[4]) for b in part]
-                self._pending.setdefault(start, []).append(
-                    inputs.assign(p_late=np.concatenate([np.asarray(b[5], dtype=float) for b in part]),
-                                  arm=np.repeat([b[3] for b in part], sizes)))
+                # the requests' rows kept as they came (lists of records, frames), made one frame a profile:
+                # a frame a drain, concatenated, cost more than the profiling itself
+                pending = self._pending.setdefault(start, ([], [], []))
+                pending[0].extend(b[4] for b in part)
+                pending[1].extend(b[5] for b in part)
+                pending[2].extend((b[3], len(b[4])) for b in part)
 
     def _predictions(self, start: float, part: list, inputs, shadow) -> None:
         # one vectorised JSON encoding of all inputs (NaN -> null), then a line a row
@@ -163,7 +165,7 @@ class Writer:
             append(self._path(REQUESTS, start), lines)
 
     def profile_pending(self) -> None:
-        import pandas as pd
+        import numpy as np
 
         from ..data import profiles
 
@@ -173,8 +175,12 @@ class Writer:
                 self.write_profile()
                 self._profile = None
             self._window = start
-            rows = pending[start][0] if len(pending[start]) == 1 else pd.concat(pending[start], ignore_index=True)
-            self._profile = profiles.merge(self._profile, profiles.profile(rows))
+            parts, p_late, arms = pending[start]
+            names, counts = zip(*arms)
+            rows = frame(parts).assign(p_late=np.concatenate(p_late).astype(float), arm=np.repeat(names, counts))
+            if self._profile is None:
+                self._profile = profiles.Rolling()
+            self._profile.track(rows)
             self._unwritten = True
 
     def write_profile(self) -> None:
@@ -184,7 +190,7 @@ class Writer:
         if self._profile is not None:
             path = window_path(self.dir, PROFILES, self._window, self.worker, ".bin")
             tmp = path.with_name("." + path.name + ".tmp")
-            profiles.write(self._profile, tmp)
+            profiles.write(self._profile.view(), tmp)
             os.replace(tmp, path)
 
     def close(self) -> None:
