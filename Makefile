@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run test test-fast check-nbdev lab lock bench bench-serving serve clean
+.PHONY: help install browser redis run test test-fast check-nbdev lab lock bench bench-serving serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,10 +30,16 @@ browser: ## Debian's chromium for the monitoring report's test (installed only w
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 	@/usr/bin/chromium --version
 
+redis: ## Debian's redis-server for the online feature store's Redis test (installed only when missing)
+	@test -x /usr/bin/redis-server || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+	@/usr/bin/redis-server --version
+
 run: install ## set up, then run the reference pipeline on the bundled flight data
 	$(BIN)/mlops-nb run
 
-test: install browser check-nbdev ## set up, then run every test (nbdev notebooks, sync check, pytest)
+test: install browser redis check-nbdev ## set up, then run every test (nbdev notebooks, sync check, pytest)
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: install ## pytest without the slow end-to-end builds

@@ -14,6 +14,8 @@ Modules:
 - `mlops_nb.errors`: Our exception tree.
 - `mlops_nb.featurestore.definitions`: Feature definitions: ``features.yaml`` beside ``pipeline.yaml``, read once and checked on load.
 - `mlops_nb.featurestore.offline`: The point-in-time join, in DuckDB: each spine row gets the features as of its timestamp, from events strictly before it, never at or after.
+- `mlops_nb.featurestore.online`: The online feature store: each view's values by key, as of the time it was materialized to, for the service and `mlops-nb features online`.
+- `mlops_nb.featurestore.redis_store`: The online store in Redis (``features.online = redis``), for several service replicas: the same values as the embedded store, published the same way (whole, or not at all).
 - `mlops_nb.interactive.contents`: The contents manager of ``mlops-nb lab``: jupytext's (percent .py files open as notebooks), with the values of a run injected into task notebooks when they are opened and dropped when they are saved.
 - `mlops_nb.monitoring.alerts`: Alerts: the rules of ``[monitor]`` over the monitor's windows, stored once, delivered to their sinks.
 - `mlops_nb.monitoring.drift`: Drift of one table against another, column by column: any CSV or Parquet files, or a model version's training reference, so drift is usable on data the pipeline never saw.

@@ -181,6 +181,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "features": {
         "definitions": Key("features.yaml", _text, "a file path",
                            "the point-in-time feature definitions: entities, event sources, views"),
+        "online": Key("embedded", _choice("embedded", "redis"), "one of 'embedded', 'redis'",
+                      "the online store: embedded (a DuckDB file under paths.data_dir, no server) or redis "
+                      "(features.redis_url, for several service replicas)"),
+        "redis_url": Key("redis://127.0.0.1:6379/0", _text, "a Redis URL (redis://host:port/db)",
+                         "the online store's Redis when features.online = redis (one store a database)"),
     },
     "registry": {
         "model_name": Key("flight_delay", _text, "a name of letters, digits, '_' or '-'",

@@ -167,6 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
     fh.add_argument("--out", metavar="FILE", help="write Parquet here (written whole or not at all)")
     fh.add_argument("--timestamp-column", default="event_timestamp", metavar="NAME",
                     help="the spine's column holding the time each row asks about (default event_timestamp)")
+    fm = fsub.add_parser("materialize", help="bring the online store up to a time (each view replaced whole)",
+                         description="Store, for every view, the values of the keys with events in its last "
+                                     "horizon (its longest window, or its ttl) as of --until: the point-in-time "
+                                     "join's values, so online equals offline. Reads only those events; the "
+                                     "store ([features] online: embedded or redis) is replaced whole, atomically.")
+    fm.add_argument("--until", metavar="TS", help="the time to materialize to (ISO 8601, UTC; default now)")
+    fm.add_argument("--json", action="store_true", help="print JSON for scripts")
+    fp = fsub.add_parser("push", help="add events to a push source (CSV or Parquet; all or nothing)",
+                         description="Add the events of FILE (CSV or Parquet, exactly the source's declared "
+                                     "columns, every event timed, none before the time the store was "
+                                     "materialized to) to a push source of features.yaml: all of them or none. "
+                                     "The next materialize serves them.")
+    fp.add_argument("file", metavar="FILE", help="a CSV or Parquet file of events")
+    fp.add_argument("--source", metavar="NAME", help="the push source (needed when there are several)")
+    fo = fsub.add_parser("online", help="the features the service would read for some keys",
+                         description="Read the online store as the service does: every feature of the views "
+                                     "whose entities are all given (e.g. origin=EWR carrier=UA), as of the time "
+                                     "each view was materialized to; missing or stale values are null.")
+    fo.add_argument("keys", nargs="+", metavar="KEY=VALUE", help="entity values, e.g. origin=EWR carrier=UA")
+    fo.add_argument("--at", metavar="TS", help="the time of the lookup, for staleness (ISO 8601, UTC; default now)")
+    fo.add_argument("--json", action="store_true", help='print {"features": {name: value}, "as_of": {view: time}}')
 
     sub.add_parser("settings", help="print the resolved settings (settings.ini < MLOPS_NB_* env)")
 

@@ -7,9 +7,11 @@ How, per view (its events grouped by entity key and event time):
   window``; their difference is the window [time - window, time). Sums are DECIMAL(38, 9) (a 128-bit
   integer inside): exact, so a window's sum does not depend on the events before it or on the order of
   summation, and the online store, which runs this join for the keys it serves as of the time it is
-  materialized to, gets the same bits. A number is taken to 9 decimal places.
+  materialized to, gets the same bits. A number is taken to 9 decimal places. A mean is the exact sum, as a
+  double, over the count.
 - last: the ASOF join's value at the last event time before the row's (several events at one time: their
-  mean, exact as above); missing when older than the view's ttl.
+  mean, as above: not DuckDB's avg, which divides in long double and may differ in the last bit); missing
+  when older than the view's ttl.
 Two ASOF joins a window instead of the obvious range join (every row joined to every event of its key in
 its window, then grouped): bench/features.py measures both.
 """
@@ -153,7 +155,8 @@ def _view_ctes(view: View, source: Source, relation: str, spine: str) -> tuple[l
     if last:
         lcols = sorted({f.column for f in last})
         ctes.append(f"{v}_latest AS (SELECT {key_list}, {TS}"
-                    + "".join(f", CAST(avg({quote(c)}) AS DOUBLE) AS {quote(c)}" for c in lcols)
+                    + "".join(f", CAST(sum({quote(c)}) AS DOUBLE) / nullif(count({quote(c)}), 0) AS {quote(c)}"
+                              for c in lcols)
                     + f" FROM {v}_events GROUP BY ALL)")
         ctes.append(f"{v}_last AS (SELECT t.{ROW}, t.{TS} - c.{TS} <= INTERVAL {view.ttl} SECOND AS fresh"
                     + "".join(f", c.{quote(c)}" for c in lcols)

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import config
 from ..errors import FeatureStoreError
 from . import definitions as defs_module
+from . import online
 from .offline import historical, literal
 
 SPINE_TABLE = "spine"
@@ -60,10 +61,12 @@ def historical_file(settings: config.Settings, spine: Path, out: Path | None, ti
     if needs_snapshot and not path.exists():
         raise FeatureStoreError(f"The feature sources read the data snapshot and there is no warehouse at {path}: "
                                 "run `mlops-nb run` first.")
-    with warehouse.connect(settings=settings) if path.exists() else _memory() as con:
+    with warehouse.connect(settings=settings) if path.exists() else _memory() as con, \
+            online.events_read(settings, definitions):
         read_spine(con, spine)
         started = time.perf_counter()
-        joined = historical(con, definitions, SPINE_TABLE, timestamp, snapshot=snapshot, root=settings.root)
+        joined = historical(con, definitions, SPINE_TABLE, timestamp, snapshot=snapshot, root=settings.root,
+                            pushed=online.pushed_relations(con, definitions, online.store_dir(settings)))
         if out is not None:
             out = Path(out)
             out.parent.mkdir(parents=True, exist_ok=True)
