@@ -50,7 +50,7 @@ def range_join_sql(defs, relations: dict, spine: str = "spine") -> str:
         horizon = view.horizon
         aggs = []
         for f in view.features:
-            inside = f"{ts} >= s.event_timestamp - INTERVAL {f.window} SECOND" if f.window else "TRUE"
+            inside = f"{ts} >= e.event_timestamp - INTERVAL {f.window} SECOND" if f.window else "TRUE"
             col = f"CAST(e.{quote(f.column)} AS {EXACT})" if f.column else None
             if f.aggregation == "count":
                 aggs.append(f"CAST(count({ts}) FILTER (WHERE {inside}) AS DOUBLE) AS {quote(f.name)}")
@@ -210,7 +210,7 @@ def main() -> int:
             relations = {n: offline.source_sql(s, snapshot=snapshot.schema_name) for n, s in defs.sources.items()}
 
             def ours():
-                return offline.historical(con, defs, "spine", snapshot=snapshot.schema_name).arrow()
+                return offline.historical(con, defs, "spine", snapshot=snapshot.schema_name).to_arrow_table()
 
             ours()  # warm: the snapshot's pages in memory for both sides
             times = []
@@ -221,7 +221,7 @@ def main() -> int:
             say(f"ours: {rows:,} rows x {len(defs.feature_names)} features: median {statistics.median(times):.3f} s "
                 f"of {args.repeat} ({', '.join(f'{t:.2f}' for t in times)})")
             started = time.perf_counter()
-            theirs = con.execute(range_join_sql(defs, relations)).arrow()
+            theirs = con.execute(range_join_sql(defs, relations)).to_arrow_table()
             range_s = time.perf_counter() - started
             say(f"range join: {range_s:.1f} s")
             same = all(np.array_equal(mine[n].to_numpy(zero_copy_only=False).astype(float),
