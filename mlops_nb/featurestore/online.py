@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .. import config
+from ..data.logs import fsync_dir
 from ..errors import FeatureStoreError, did_you_mean
 from .definitions import PUSH_TYPES, Definitions, Source, View
 from .offline import ROW, TS, check, columns_of, join_sql, literal, quote, source_sql
@@ -102,18 +103,11 @@ def events_read(settings: config.Settings, defs: Definitions):
     return contextlib.nullcontext()
 
 
-def _memory():
+def memory():
+    """An in-memory DuckDB connection (closed on leaving its ``with``)."""
     import duckdb
 
-    @contextlib.contextmanager
-    def opened():
-        con = duckdb.connect()
-        try:
-            yield con
-        finally:
-            con.close()
-
-    return opened()
+    return duckdb.connect()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,7 +182,7 @@ class EmbeddedStore:
             finally:
                 con.execute(f"DETACH {PUBLISH_DB}")
             os.replace(tmp, self.path)
-            _sync_folder(self.folder)
+            fsync_dir(self.folder)
         finally:
             _remove(tmp)
         return done
@@ -262,14 +256,6 @@ def _identity(path: Path):
 def _remove(path: Path) -> None:
     for p in (path, path.with_name(path.name + ".wal")):
         p.unlink(missing_ok=True)
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def backend(settings: config.Settings, defs: Definitions | None = None):
@@ -404,7 +390,7 @@ def materialize(settings: config.Settings, defs: Definitions, until=None, snapsh
     with writer_lock(folder):
         if isinstance(store, EmbeddedStore):
             store.clean()
-        with warehouse.connect(settings=settings) if needs_snapshot else _memory() as con:
+        with warehouse.connect(settings=settings) if needs_snapshot else memory() as con:
             pushed = pushed_relations(con, defs, folder)
             sources = {v.source for v in defs.views.values()}
             relations = {name: source_sql(defs.sources[name], snapshot=snapshot, root=settings.root,
@@ -472,7 +458,7 @@ def push(settings: config.Settings, defs: Definitions, path, source: str | None 
         raise FeatureStoreError(f"The events file must be CSV (.csv, .csv.gz) or Parquet (.parquet); got {path.name}.")
     declared = dict(src.columns)
     where = f"{path.name} (events of source {src.name!r})"
-    with _memory() as con:
+    with memory() as con:
         con.execute("SET TimeZone = 'UTC'")
         try:
             con.execute(f"CREATE TEMP TABLE pushed AS SELECT * FROM {reader}")

@@ -61,7 +61,7 @@ def historical_file(settings: config.Settings, spine: Path, out: Path | None, ti
     if needs_snapshot and not path.exists():
         raise FeatureStoreError(f"The feature sources read the data snapshot and there is no warehouse at {path}: "
                                 "run `mlops-nb run` first.")
-    with warehouse.connect(settings=settings) if path.exists() else _memory() as con, \
+    with warehouse.connect(settings=settings) if path.exists() else online.memory() as con, \
             online.events_read(settings, definitions):
         read_spine(con, spine)
         started = time.perf_counter()
@@ -82,19 +82,3 @@ def historical_file(settings: config.Settings, spine: Path, out: Path | None, ti
             frame.to_csv(stdout, index=False)
             rows = len(frame)
         return Joined(rows, definitions.feature_names, time.perf_counter() - started, out)
-
-
-def _memory():
-    import contextlib
-
-    import duckdb
-
-    @contextlib.contextmanager
-    def opened():
-        con = duckdb.connect()
-        try:
-            yield con
-        finally:
-            con.close()
-
-    return opened()
