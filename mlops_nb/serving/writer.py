@@ -177,7 +177,8 @@ class Writer:
             self._window = start
             parts, p_late, arms = pending[start]
             names, counts = zip(*arms)
-            rows = frame(parts).assign(p_late=np.concatenate(p_late).astype(float), arm=np.repeat(names, counts))
+            rows = numbers_as_floats(frame(parts)).assign(p_late=np.concatenate(p_late).astype(float),
+                                                          arm=np.repeat(names, counts))
             if self._profile is None:
                 self._profile = profiles.Rolling()
             self._profile.track(rows)
@@ -247,6 +248,18 @@ def frame(parts: list):
     if records:
         frames.append(pd.DataFrame.from_records(records, columns=list(records[0])))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def numbers_as_floats(df):
+    """The record's number fields as float64: a field no request sent is a column of None (object), which
+    whylogs tracks value by value as objects, ~2.5x the cost of the whole frame's floats (measured: 3.4 against
+    1.4 us a row for the flight record's columns)."""
+    from ..lib.record import RECORD
+
+    for name in df.columns:
+        if df[name].dtype == object and RECORD.get(name, ("category",))[0] == "number":
+            df[name] = df[name].astype("float64")
+    return df
 
 
 def main(argv: list[str]) -> int:
