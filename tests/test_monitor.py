@@ -111,7 +111,7 @@ def fake_reference(version, settings=None):
         "distance": rng.uniform(200, 2500, n), "plane_year": np.nan, "plane_seats": 150.0,
         "temp": rng.uniform(20, 60, n), "dewp": 20.0, "humid": 60.0, "wind_dir": 200.0, "wind_speed": 10.0,
         "wind_gust": np.nan, "precip": 0.0, "pressure": 1012.0, "visib": 10.0}, index=range(n))
-    return {"train_sample": train[list(RECORD)], "calibration": None, "threshold": 0.5, "metrics": {"roc_auc": 0.7},
+    return {"train_sample": train.reindex(columns=list(RECORD)), "calibration": None, "threshold": 0.5, "metrics": {"roc_auc": 0.7},
             "test_predictions": pd.DataFrame({"p_late": rng.random(n), "late": rng.random(n) < 0.3, "month": 11})}
 
 
@@ -189,6 +189,71 @@ def test_windows_and_incrementality(proj):
     day = windows_of(rd)[hour_start(0)]
     assert (day["window_length"], day["rows"]) == ("1d", 150)
     assert stored(settings, "SELECT count(*) FROM windows WHERE window_length = '1h'")[0][0] == 6
+
+
+NEW_INPUTS = ("origin_dep_delay_2h", "origin_departures_2h", "origin_late_share_2h", "carrier_origin_dep_delay_6h")
+
+
+def old_store(settings) -> None:
+    """A monitoring store as an mlops-nb before the point-in-time features made it (the record without their
+    fields, no ``features`` nor ``feature_nan`` column), holding one prediction of an older log."""
+    drop = (*NEW_INPUTS, "features", "feature_nan")
+    ddl = "\n".join(line for line in store.DDL.splitlines()
+                    if not any(line.strip().startswith((f'"{c}" ', f"{c} ")) for c in drop))
+    path = store.store_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(ddl)
+        con.execute("INSERT INTO store_meta VALUES ('schema_version', ?)", [str(store.SCHEMA_VERSION)])
+        have = [r[0] for r in con.execute("DESCRIBE predictions").fetchall()]
+        assert not set(drop) & set(have) and "temp" in have
+        con.execute("INSERT INTO predictions BY NAME SELECT 0 AS seq, 'predictions/old.jsonl' AS file, 1 AS line, "
+                    "'00000000000000aa' AS request_id, TIMESTAMP '2026-01-04 12:00' AS \"at\", 'v1' AS model_version, "
+                    "'champion' AS arm, 0 AS \"row\", 0.25 AS p_late, 41.0 AS temp, 'EWR' AS origin")
+    finally:
+        con.close()
+
+
+def test_an_old_store_gains_the_new_columns_and_monitors_them(proj):
+    """A store without the record's new fields is migrated in place (its rows kept, NULL in the new columns);
+    new log lines, with the store-provided fields among the inputs and where each came from, land by column
+    name; the windows count the NaN of each store-provided field, and its drift is measured like any input's."""
+    settings, lg = proj
+    old_store(settings)
+    path = lg.window(0, n=40)
+    rng = random.Random(5)
+    lines = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        row = json.loads(line)
+        row["inputs"].update({c: rng.uniform(0, 30) for c in NEW_INPUTS})
+        row["inputs"]["origin_dep_delay_2h"] = None if i % 4 == 0 else row["inputs"]["origin_dep_delay_2h"]
+        row["features"] = {"store": [c for c in NEW_INPUTS if c != "origin_dep_delay_2h" or i % 4],
+                           "sent": ["temp"], "missing": ["origin_dep_delay_2h"] if i % 4 == 0 else [],
+                           "stale": []}
+        lines.append(json.dumps(row) + "\n")
+    path.write_text("".join(lines))
+    report = monitor.monitor(settings)
+    assert report.read["predictions"] == 40 and report.warnings == []
+    columns = {r[0]: r[1] for r in stored(settings, "DESCRIBE predictions")}
+    assert all(c in columns for c in NEW_INPUTS) and columns["features"].startswith("STRUCT")
+    assert stored(settings, "SELECT temp, origin, origin_dep_delay_2h, features FROM predictions "
+                            "WHERE request_id = '00000000000000aa'") == [(41.0, "EWR", None, None)]
+    got = stored(settings, "SELECT count(origin_dep_delay_2h), count(carrier_origin_dep_delay_6h), "
+                           "sum(len(features.missing)), min(features.sent[1]) FROM predictions WHERE seq > 0")
+    assert got == [(30, 40, 10, "temp")]
+    w = windows_of(report)[hour_start(0)]
+    assert w["feature_nan"] == {"origin_dep_delay_2h": {"missing": 10, "stale": 0}}
+    assert stored(settings, "SELECT feature_nan FROM windows WHERE model_version = 'v1'") == [
+        (json.dumps({"origin_dep_delay_2h": {"missing": 10, "stale": 0}}),)]
+    drift = {d["column"]: d for d in w["drift"]}
+    assert set(NEW_INPUTS) <= set(drift)  # measured like any input: here against a reference without them
+    con = duckdb.connect(str(store.store_path(settings)))
+    try:
+        assert store.migrate(con) == []  # migrated: nothing more to add
+    finally:
+        con.close()
+    assert monitor.monitor(settings).read["bytes"] == 0
 
 
 def test_appended_lines_read_from_the_offset(proj):

@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="the monitoring loop on the bundled flights, month by month",
                               description="In a scratch copy of the project: train a champion on the first months, "
-                                          "replay each later month through the real service over HTTP, send the "
-                                          "labels as feedback after a delay, run the monitor, and let alerts, "
+                                          "replay each later month through the real service over HTTP (its feature "
+                                          "store pushed the month's events and materialized as time advances), "
+                                          "send the labels as feedback after a delay, run the monitor, and let alerts, "
                                           "retraining and the canary act as configured. One line a window.")
     simulate.add_argument("--sample", type=float, default=0.1, metavar="FRACTION",
                           help="share of each month's flights replayed (default 0.1)")

@@ -23,6 +23,8 @@ def cmd_gc(args) -> int:
         print(f"{verb} {item.kind} {item.name}: {gc.human(item.bytes)} ({item.detail})")
     for why in report.kept.get("snapshots", []):
         print(f"kept snapshot {why}")
+    for what in report.kept.get("feature store", []):
+        print(f"kept feature store {what}")
     total = f"{gc.human(report.freed)} {'to free' if args.dry_run else 'freed'}"
     print(f"{len(report.items)} item(s), {total}; warehouse data in use {gc.human(report.warehouse_bytes_before)}"
           + ("" if args.dry_run else f" -> {gc.human(report.warehouse_bytes_after)}"))

@@ -31,7 +31,8 @@ def cmd_simulate(args) -> int:
         return e.exit_code
     if as_json:
         print(json.dumps(done.as_dict(), indent=2, default=str))
-        print(f"scratch project: {done.project}; report: {done.report}; {done.seconds:.0f} s", file=sys.stderr)
+        print(f"scratch project: {done.project}; report: {done.report}; feature store: {done.feature_store}; "
+              f"{done.seconds:.0f} s", file=sys.stderr)
         return 0
     print()
     changed = "changed through the canary" if done.champion_end != done.champion_start else "unchanged"
@@ -45,6 +46,7 @@ def cmd_simulate(args) -> int:
         print(note)
     print(f"scratch project: {done.project}")
     print(f"monitoring report: {done.report}")
+    print(f"feature store: {done.feature_store}")
     print(f"{len(done.windows)} window(s), {done.server_starts} server start(s), {done.seconds:.0f} s")
     return 0
 

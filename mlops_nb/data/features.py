@@ -1,9 +1,12 @@
 """Feature sets: ``sql/features.sql`` run over a snapshot, stored content-addressed in the warehouse.
 
-The SQL assembles one row a flight in the shape the service receives; the derived features (hour, day
-of week, ...) are computed by ``mlops_nb.lib.transforms`` inside the model, so training and serving share
-one implementation. A record file's project has its own SQL (``sql/features.sql``, written by `mlops-nb
-init`): ``build_records`` runs it with the split of its rows (by time, or seeded random) filled in.
+The SQL assembles one row a flight in the shape the service receives, but for the point-in-time features
+(the weather, recent departures): the features task adds those by the feature store's offline join (a
+``join``, ``featurestore.training.PointInTime``), whose options are part of the feature set's identity. The
+derived features (hour, day of week, ...) are computed by ``mlops_nb.lib.transforms`` inside the model, so
+training and serving share one implementation. A record file's project has its own SQL (``sql/features.sql``,
+written by `mlops-nb init`, no feature store): ``build_records`` runs it with the split of its rows (by time,
+or seeded random) filled in.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from datetime import datetime, timezone
 from importlib import resources
 
 from ..errors import DataError
+from ..lib.record import RECORD
 from .warehouse import has_table, transaction
 
 SQL_FILE = "features.sql"
 SCHEMA = "features"
 SPLITS = ("train", "valid", "test")
+ROWS = "__flight_rows"  # the SQL's rows, a temporary table, when a join adds features to them
 
 
 def sql_text() -> str:
@@ -62,9 +67,13 @@ def _record(con, fs_id: str, name: str, snapshot, sql_sha: str, options: dict, c
                  datetime.now(timezone.utc).replace(tzinfo=None)])
 
 
-def build(con, snapshot, split: dict) -> FeatureSet:
-    """The feature set of ``snapshot`` under ``split`` (train/valid/test -> months), made unless there."""
-    options = {s: [int(m) for m in split[s]] for s in SPLITS}
+def build(con, snapshot, split: dict, join=None) -> FeatureSet:
+    """The feature set of ``snapshot`` under ``split`` (train/valid/test -> months), made unless there.
+    ``join`` (``featurestore.training.PointInTime``) adds the point-in-time features to the SQL's rows: its
+    ``options`` join the feature set's identity, its ``create(con, rows, table, snapshot)`` makes the table.
+    A record field that neither gives is a column of NULLs."""
+    months = {s: [int(m) for m in split[s]] for s in SPLITS}
+    options = months if join is None else {**months, "features": join.options}
     text = sql_text()
     fs_id, name, sql_sha, existing = _identity(con, snapshot, text, options)
     if existing is not None:
@@ -72,20 +81,32 @@ def build(con, snapshot, split: dict) -> FeatureSet:
     planes = (snapshot.table("planes") if has_table(con, "planes", snapshot.schema_name)
               else "(SELECT NULL::VARCHAR AS tailnum, NULL::INTEGER AS year, NULL::INTEGER AS seats "
                    "WHERE false)")
+    table = f'"{SCHEMA}"."{name}"'
     with transaction(con):
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
-        con.execute(f'CREATE TABLE "{SCHEMA}"."{name}" AS {render(snapshot, options, planes)}')
+        if join is None:
+            con.execute(f"CREATE TABLE {table} AS {render(snapshot, months, planes)}")
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {ROWS} AS {render(snapshot, months, planes)}")
+            try:
+                join.create(con, ROWS, table, snapshot.schema_name)
+            finally:
+                con.execute(f"DROP TABLE IF EXISTS {ROWS}")
+        columns = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        for field, (kind, *_) in RECORD.items():
+            if field not in columns:
+                con.execute(f'ALTER TABLE {table} ADD COLUMN "{field}" {"VARCHAR" if kind == "category" else "DOUBLE"}')
         counts = dict(con.execute(f'SELECT split, count(*) FROM "{SCHEMA}"."{name}" GROUP BY split').fetchall())
         counts = {s: counts.get(s, 0) for s in SPLITS}
         counts["dropped_no_arrival"] = con.execute(
             f"SELECT count(*) FROM {snapshot.table('flights')} WHERE arr_delay IS NULL").fetchone()[0]
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
-            months = [r[0] for r in con.execute(
+            held = [r[0] for r in con.execute(
                 f"SELECT DISTINCT month FROM {snapshot.table('flights')} ORDER BY 1").fetchall()]
             raise DataError(
-                f"The {', '.join(empty)} split(s) have no rows: the split months are {options} but the "
-                f"snapshot holds flights of months {months}. Set 'split.*_months' (or 'data.months') so "
+                f"The {', '.join(empty)} split(s) have no rows: the split months are {months} but the "
+                f"snapshot holds flights of months {held}. Set 'split.*_months' (or 'data.months') so "
                 "that every split gets some months.")
         _record(con, fs_id, name, snapshot, sql_sha, options, counts)
     return FeatureSet(fs_id, name, snapshot.snapshot_id, counts, added=True)

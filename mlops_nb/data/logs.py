@@ -12,7 +12,7 @@ $BENTOML_HOME/serving):
 Files are only appended to, a batch of whole lines a write. A reader takes complete lines only (a line
 still being written is read the next time) and remembers how far it read each file (the monitor keeps
 the offsets in its store: ``monitoring.store``).
-Times are ISO 8601 in UTC with milliseconds.
+Times are ISO 8601 in UTC with milliseconds; an input's number to 15 decimal places.
 
 Rotation: a window's prediction or request file that has grown past the writer's size limit is left as
 it is and the window goes on in ``<window start>-<worker>.<part>.jsonl`` (part 1, 2, ...): a new file, so
@@ -38,11 +38,18 @@ PREDICTION_FIELDS = {
     "model_version": "the version that answered",
     "arm": "champion or challenger",
     "row": "the row's index in its request (0-based)",
-    "inputs": "the row's flight record as sent (lib.record.RECORD fields; null for a missing value)",
+    "inputs": "the row's flight record as the model took it (lib.record.RECORD fields; null for a missing value): "
+              "as sent, with the fields the online feature store provides filled in where the row left them out",
+    "features": "where the fields the online feature store provides came from, each named in one list: "
+                "{store, sent, missing, stale} (FEATURE_SOURCES); null when the service reads no feature store",
     "p_late": "the answered probability",
     "latency_ms": "the request's time in the service, validation to answer, in milliseconds",
     "shadow": "in shadow mode {arm, model_version, p_late} of the silent challenger, else null",
 }
+# a store-provided field's value: the store's (store), the request's (sent), or NaN because the store gave no
+# number (missing) or its view's values were past their ttl at the row's prediction time (stale)
+FEATURE_SOURCES = ("store", "sent", "missing", "stale")
+
 REQUEST_FIELDS = {
     "request_id": "the answer's request id, or null for a refused request",
     "at": "when the answer (or refusal) was sent",

@@ -100,6 +100,7 @@ ALTER TABLE alias_audit ADD COLUMN IF NOT EXISTS run_id VARCHAR;
 ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS collected_at TIMESTAMP;     -- its tables dropped by gc
 ALTER TABLE feature_sets ADD COLUMN IF NOT EXISTS collected_at TIMESTAMP;  -- (the row, its lineage, stays)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger VARCHAR;  -- NULL: `mlops-nb run`; 'retrain: ...'
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS features JSON;  -- feature set, definitions' digest, views, lead
 """
 # What a run may add (and a rollback removes): rows of these tables, keyed by the first column.
 ADDITIVE = {"snapshots": "snapshot_id", "feature_sets": "feature_set_id"}

@@ -10,6 +10,10 @@
   (``ttl``: an online value older than that is missing; a ``last`` value older than that is missing, offline too).
 
 ``Definitions.digest`` names the definitions' content: a model version records it.
+
+A flight's prediction time, the time its features are asked as of, is defined here once: ``features.lead``
+before its scheduled departure, as SQL for the training spine (``prediction_time_sql``) and in Python for a
+request (``prediction_time``); and which views ``features.views`` selects (``selected_views``).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..errors import FeatureStoreError, did_you_mean
@@ -36,6 +41,27 @@ def parse_duration(text) -> int:
     if not found or int(found.group(1)) <= 0:
         raise ValueError(f"a duration such as 30m, 2h or 1d (a whole number > 0 and one of s, m, h, d); got {text!r}")
     return int(found.group(1)) * _UNIT[found.group(2)]
+
+
+def prediction_time(year, month, day, sched_dep_time, lead_seconds: int) -> datetime:
+    """A flight's prediction time: its scheduled departure (``sched_dep_time`` as HHMM, in the local time the
+    flights and their events are kept in) less ``lead_seconds``, a naive datetime. Equal, for every flight, to
+    ``prediction_time_sql`` (tested)."""
+    try:
+        hhmm = int(sched_dep_time)
+        return datetime(int(year), int(month), int(day), hhmm // 100, hhmm % 100) - timedelta(seconds=int(lead_seconds))
+    except (TypeError, ValueError, OverflowError):
+        raise FeatureStoreError(
+            f"A flight's prediction time needs its scheduled departure as a date and an HHMM time; got year={year!r}, "
+            f"month={month!r}, day={day!r}, sched_dep_time={sched_dep_time!r} (lead {lead_seconds!r} s).") from None
+
+
+def prediction_time_sql(lead_seconds: int, table: str = "") -> str:
+    """``prediction_time`` as a DuckDB expression over the columns year, month, day and sched_dep_time (of
+    ``table`` when given): the training spine's time."""
+    t = f"{table}." if table else ""
+    return (f"make_timestamp({t}year, {t}month, {t}day, {t}sched_dep_time // 100, {t}sched_dep_time % 100, 0) "
+            f"- INTERVAL {int(lead_seconds)} SECOND")
 
 
 def format_duration(seconds: int) -> str:
@@ -120,6 +146,22 @@ class Definitions:
     @property
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=list).encode()).hexdigest()
+
+
+def selected_views(defs: Definitions, views) -> tuple[str, ...]:
+    """The views of ``features.views`` a model is trained with (and served by), in declaration order: ``None``
+    every view, ``()`` none, else the names given (each must be a view of the definitions)."""
+    if views is None:
+        return tuple(defs.views)
+    names = [str(v) for v in views]
+    unknown = [v for v in names if v not in defs.views]
+    if unknown:
+        where = defs.path.name if defs.path else FILE
+        hints = "".join(did_you_mean(v, defs.views) for v in unknown)
+        raise FeatureStoreError(f"features.views names {', '.join(map(repr, unknown))}, which {where} does not define; "
+                                f"its views are {', '.join(defs.views)}.{hints} Set features.views to 'all', 'none' "
+                                "or some of those.")
+    return tuple(v for v in defs.views if v in names)
 
 
 def _fail(where: str, message: str):

@@ -193,6 +193,14 @@ def historical(con, defs: Definitions, spine_table: str, timestamp: str = "event
                features: list[str] | None = None):
     """The spine (a table of ``con``, in its row order) with one column per feature as of each row's
     ``timestamp``: a DuckDB relation of the spine's columns and the features."""
+    return con.sql(historical_sql(con, defs, spine_table, timestamp, snapshot=snapshot, root=root, pushed=pushed,
+                                  features=features))
+
+
+def historical_sql(con, defs: Definitions, spine_table: str, timestamp: str = "event_timestamp", *,
+                   snapshot: str | None = None, root: Path | None = None, pushed: dict[str, str] | None = None,
+                   features: list[str] | None = None) -> str:
+    """The SQL of ``historical``, the spine and the sources checked: what the training feature set runs too."""
     spine_cols = columns_of(con, spine_table)
     if timestamp not in spine_cols:
         raise FeatureStoreError(f"The spine has no {timestamp!r} column (the time each row asks about); its columns "
@@ -222,4 +230,4 @@ def historical(con, defs: Definitions, spine_table: str, timestamp: str = "event
                  for name in {v.source for v in views}}
     check(con, defs, relations, views)
     spine = f"(SELECT rowid AS {ROW}, CAST({quote(timestamp)} AS TIMESTAMP) AS {TS}, * FROM {spine_table})"
-    return con.sql(join_sql(defs, relations, spine, list(spine_cols), wanted))
+    return join_sql(defs, relations, spine, list(spine_cols), wanted)

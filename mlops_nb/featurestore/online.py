@@ -44,7 +44,12 @@ PUBLISH_DB = "fs_publish"        # the temporary file being written, attached un
 NAN = float("nan")
 
 
-def store_dir(settings: config.Settings) -> Path:
+def store_dir(settings: config.Settings, in_bento: bool = False) -> Path:
+    """``<paths.data_dir>/featurestore``. A Bento's own folder is read-only and holds no data: serving a Bento, a
+    relative data_dir is taken under BentoML's home instead (``$BENTOML_HOME/featurestore``, beside the Bento's
+    logs in ``$BENTOML_HOME/serving``); an absolute one (e.g. ``MLOPS_NB_PATHS__DATA_DIR``) is used as it is."""
+    if in_bento and not Path(settings.paths.data_dir).is_absolute():
+        return config.bentoml_home(settings) / FOLDER
     return settings.path("data_dir") / FOLDER
 
 
@@ -258,13 +263,15 @@ def _remove(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def backend(settings: config.Settings, defs: Definitions | None = None):
-    """The configured backend (``features.online``)."""
+def backend(settings: config.Settings, defs: Definitions | None = None, in_bento: bool = False,
+            timeout: float = 10.0):
+    """The configured backend (``features.online``); ``in_bento``: see ``store_dir``; ``timeout``: seconds a
+    Redis call may take (the service's reader waits little: a hung Redis must not hold its event loop)."""
     if settings.features.online == "redis":
         from .redis_store import RedisStore
 
-        return RedisStore(settings.features.redis_url, defs)
-    return EmbeddedStore(store_dir(settings), defs)
+        return RedisStore(settings.features.redis_url, defs, timeout=timeout)
+    return EmbeddedStore(store_dir(settings, in_bento), defs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,17 +310,26 @@ class OnlineStore:
         the store does not hold has those of a key without events (count and sum 0, mean and last NaN); a
         missing entity value, a view not materialized (under these definitions: as_of None) and a view
         whose as_of is older than ``at`` - ttl (stale) give NaN. ``at``: naive UTC, default now."""
+        values, as_of, _ = self.lookup_stale(keys, at)
+        return values, as_of
+
+    def lookup_stale(self, keys, at: datetime | None = None, views=None) -> tuple[dict, dict, set]:
+        """``lookup``, of ``views`` only when given, and the set of the views that were stale at ``at`` (the
+        service counts their NaN apart from missing values)."""
         for name in keys:
             if name not in self.defs.entities:
                 raise FeatureStoreError(f"Unknown entity {name!r}: the entities are {', '.join(self.entities)}."
                                         f"{did_you_mean(str(name), self.entities)}")
         if at is None:
             at = utc_now()
-        chosen = [v for v in self._views if all(e in keys for e in v.entities)]
+        chosen = [v for v in self._views if all(e in keys for e in v.entities) and (views is None or v.name in views)]
         requests = [(v.name, v.names, tuple(None if keys[e] is None else str(keys[e]) for e in v.entities))
                     for v in chosen]
         meta, rows = self.store.read(requests)
-        values, as_of = {}, {}
+        if any(meta.get(v.name) is not None and at - meta[v.name][0] > v.ttl for v in chosen):
+            self.store.reload()
+            meta, rows = self.store.read(requests)
+        values, as_of, stale = {}, {}, set()
         for v, request, row in zip(chosen, requests, rows):
             m = meta.get(v.name)
             if m is None or m[1] != v.digest:
@@ -321,16 +337,76 @@ class OnlineStore:
                 row = v.missing
             else:
                 as_of[v.name] = m[0]
-                if at - m[0] > v.ttl or None in request[2]:
+                if at - m[0] > v.ttl:
+                    stale.add(v.name)
+                    row = v.missing
+                elif None in request[2]:
                     row = v.missing
                 elif row is None:
                     row = v.empty
             values.update(zip(v.names, row))
-        return values, as_of
+        return values, as_of, stale
+
+    def lookup_rows(self, keys: dict, at, views=None) -> tuple[dict, dict, dict]:
+        """``lookup`` of many rows in one read of the store (one snapshot of it), each distinct key read once:
+        ``keys`` entity -> a value a row (None: missing), ``at`` the rows' times (NumPy datetime64, naive UTC),
+        ``views`` the views to read (default: every view whose entities are given). Returns (feature -> float64
+        array, a value a row, as ``lookup`` gives it for the row's key and time; view -> as_of or None; view ->
+        bool array, the rows for which the view's values are stale)."""
+        import numpy as np
+
+        for name in keys:
+            if name not in self.defs.entities:
+                raise FeatureStoreError(f"Unknown entity {name!r}: the entities are {', '.join(self.entities)}."
+                                        f"{did_you_mean(str(name), self.entities)}")
+        n = len(at)
+        chosen = [v for v in self._views if all(e in keys for e in v.entities) and (views is None or v.name in views)]
+        # each entity's values coded once (its distinct values are few), a view's keys as one integer a row
+        codes, distinct = {}, {}
+        for e in dict.fromkeys(e for v in chosen for e in v.entities):
+            index = {k: i for i, k in enumerate(dict.fromkeys(keys[e]))}
+            codes[e] = np.fromiter(map(index.__getitem__, keys[e]), dtype=np.int64, count=n)
+            distinct[e] = [None if x is None else str(x) for x in index]
+        requests, parts = [], []
+        for v in chosen:
+            combined = np.zeros(n, dtype=np.int64)
+            for e in v.entities:
+                combined = combined * len(distinct[e]) + codes[e]
+            found_keys, inverse = np.unique(combined, return_inverse=True)
+            for code in found_keys.tolist():
+                key = []
+                for e in reversed(v.entities):
+                    code, i = divmod(code, len(distinct[e]))
+                    key.append(distinct[e][i])
+                requests.append((v.name, v.names, tuple(reversed(key))))
+            parts.append((len(requests) - len(found_keys), len(found_keys), inverse))
+        meta, found = self.store.read(requests)
+        if n and any(meta.get(v.name) is not None and (at > np.datetime64(meta[v.name][0] + v.ttl, "us")).any() for v in chosen):
+            self.store.reload()
+            meta, found = self.store.read(requests)
+        values, as_of, stale = {}, {}, {}
+        for v, (start, count, inverse) in zip(chosen, parts):
+            m = meta.get(v.name)
+            if m is None or m[1] != v.digest:
+                as_of[v.name] = None
+                stale[v.name] = np.zeros(n, dtype=bool)
+                matrix = np.full((n, len(v.names)), NAN)
+            else:
+                as_of[v.name] = m[0]
+                table = np.array([v.missing if None in request[2] else v.empty if row is None else row
+                                  for request, row in zip(requests[start:start + count], found[start:start + count])],
+                                 dtype=np.float64).reshape(count, len(v.names))
+                matrix = table[inverse] if count > 1 else np.repeat(table, n, axis=0)
+                old = stale[v.name] = at > np.datetime64(m[0] + v.ttl, "us")  # at - as_of > ttl
+                if old.any():
+                    matrix[old] = NAN
+            values.update(zip(v.names, matrix.T))
+        return values, as_of, stale
 
 
-def open_store(settings: config.Settings, defs: Definitions) -> OnlineStore:
-    return OnlineStore(defs, backend(settings, defs))
+def open_store(settings: config.Settings, defs: Definitions, in_bento: bool = False,
+               timeout: float = 10.0) -> OnlineStore:
+    return OnlineStore(defs, backend(settings, defs, in_bento, timeout))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ BATCH = 1000  # commands a pipeline round trip when writing
 
 
 class RedisStore:
-    def __init__(self, url: str, defs: Definitions | None = None, prefix: str = PREFIX):
+    def __init__(self, url: str, defs: Definitions | None = None, prefix: str = PREFIX, timeout: float = 10.0):
         import redis
 
         self.url = url
@@ -34,7 +34,8 @@ class RedisStore:
         self.prefix = prefix
         self.pointer = f"{prefix}:current"
         try:
-            self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+            self.client = redis.Redis.from_url(url, socket_timeout=timeout,
+                                               socket_connect_timeout=min(timeout, 5.0))
         except ValueError as e:
             raise FeatureStoreError(f"The 'features.redis_url' setting must be a Redis URL such as "
                                     f"redis://127.0.0.1:6379/0; got {url!r} instead ({e}).") from None

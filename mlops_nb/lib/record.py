@@ -20,7 +20,7 @@ RECORD = {
     "distance": ("number", 1, 10000, "miles between the airports"),
     "plane_year": ("number", 1900, 2100, "year the plane was built (missing if unknown)"),
     "plane_seats": ("number", 1, 1000, "seats in the plane (missing if unknown)"),
-    "temp": ("number", -60, 140, "temperature at the origin in the departure hour, F"),
+    "temp": ("number", -60, 140, "temperature at the origin, F (the latest observation before the prediction time)"),
     "dewp": ("number", -80, 100, "dew point, F"),
     "humid": ("number", 0, 100, "relative humidity, %"),
     "wind_dir": ("number", 0, 360, "wind direction, degrees"),
@@ -29,6 +29,10 @@ RECORD = {
     "precip": ("number", 0, 10, "precipitation, inches"),
     "pressure": ("number", 850, 1100, "sea level pressure, millibars"),
     "visib": ("number", 0, 100, "visibility, miles"),
+    "origin_dep_delay_2h": ("number", -120, 1500, "mean departure delay at the origin in the 2 hours before the prediction time, minutes"),
+    "origin_departures_2h": ("number", 0, 5000, "departures at the origin in the 2 hours before the prediction time"),
+    "origin_late_share_2h": ("number", 0, 1, "share of those departures more than 15 minutes late"),
+    "carrier_origin_dep_delay_6h": ("number", -120, 1500, "the carrier's mean departure delay at the origin in the 6 hours before the prediction time, minutes"),
 }
 REQUIRED = ("year", "month", "day", "sched_dep_time", "sched_arr_time", "carrier", "origin", "dest", "distance")
 LABEL = "late"
@@ -36,4 +40,5 @@ LABEL = "late"
 CATEGORICAL = ["carrier", "origin", "dest"]
 NUMERIC = ["month", "distance", "plane_seats", "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust",
            "precip", "pressure", "visib", "dep_hour", "dep_minute_of_day", "arr_hour", "day_of_week",
-           "day_of_year", "plane_age", "overnight"]
+           "day_of_year", "plane_age", "overnight", "origin_dep_delay_2h", "origin_departures_2h",
+           "origin_late_share_2h", "carrier_origin_dep_delay_6h"]

@@ -72,7 +72,8 @@ def derive_arrays(col: dict) -> dict:
         days, day_of_year = _calendar(col["year"], col["month"], col["day"])
     out = {c: col[c] for c in CATEGORICAL}
     for c in ("month", "distance", "plane_seats", "temp", "dewp", "humid", "wind_dir", "wind_speed",
-              "wind_gust", "precip", "pressure", "visib"):
+              "wind_gust", "precip", "pressure", "visib", "origin_dep_delay_2h", "origin_departures_2h",
+              "origin_late_share_2h", "carrier_origin_dep_delay_6h"):
         out[c] = col[c]
     out["dep_hour"] = np.floor(dep / 100)
     out["dep_minute_of_day"] = out["dep_hour"] * 60 + dep % 100

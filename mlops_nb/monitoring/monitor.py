@@ -51,6 +51,7 @@ PREDICTION_JSON = {
     "request_id": "VARCHAR", "key": "VARCHAR", "at": "VARCHAR", "model_version": "VARCHAR", "arm": "VARCHAR",
     "row": "BIGINT", "p_late": "DOUBLE", "latency_ms": "DOUBLE",
     "inputs": dict(store.INPUT_COLUMNS),
+    "features": {source: ["VARCHAR"] for source in logs.FEATURE_SOURCES},
     "shadow": {"arm": "VARCHAR", "model_version": "VARCHAR", "p_late": "DOUBLE"},
 }
 REQUEST_JSON = {"request_id": "VARCHAR", "at": "VARCHAR", "route": "VARCHAR", "status": "BIGINT",
@@ -64,20 +65,26 @@ def _ts(expr: str) -> str:
     return f"try_cast(try_cast({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
 
 
-_inputs_sel = ", ".join(f'j.inputs."{c}"' for c in store.INPUT_COLUMNS)
+# each field named as its table's column: a line's fields are inserted by name (a migrated store's new columns
+# come last, a new store's in the record's order)
+_inputs_sel = ", ".join(f'j.inputs."{c}" AS "{c}"' for c in store.INPUT_COLUMNS)
 SELECT = {
     logs.PREDICTIONS: (
-        f"j.request_id, j.key, {_ts('j.at')}, j.model_version, j.arm, j.row, j.p_late, j.latency_ms, "
-        f"{_inputs_sel}, j.shadow.arm, j.shadow.model_version, j.shadow.p_late",
+        f"j.request_id AS request_id, j.key AS key, {_ts('j.at')} AS \"at\", j.model_version AS model_version, "
+        f"j.arm AS arm, j.row AS \"row\", j.p_late AS p_late, j.latency_ms AS latency_ms, {_inputs_sel}, "
+        "j.features AS features, j.shadow.arm AS shadow_arm, j.shadow.model_version AS shadow_version, "
+        "j.shadow.p_late AS shadow_p_late",
         f"{_ts('j.at')} IS NOT NULL AND j.model_version IS NOT NULL AND j.arm IS NOT NULL AND "
         "j.p_late BETWEEN 0 AND 1",
         "at, model_version, arm or p_late (in [0, 1])"),
     logs.REQUESTS: (
-        f"j.request_id, {_ts('j.at')}, j.route, j.status, j.latency_ms, j.rows",
+        f"j.request_id AS request_id, {_ts('j.at')} AS \"at\", j.route AS route, j.status AS status, "
+        "j.latency_ms AS latency_ms, j.rows AS \"rows\"",
         f"{_ts('j.at')} IS NOT NULL AND j.status IS NOT NULL",
         "at or status"),
     logs.FEEDBACK: (
-        f"j.request_id, j.key, j.late, j.arr_delay, {_ts('j.received_at')}, j.source",
+        f"j.request_id AS request_id, j.key AS key, j.late AS late, j.arr_delay AS arr_delay, "
+        f"{_ts('j.received_at')} AS received_at, j.source AS source",
         f"(j.request_id IS NOT NULL OR j.key IS NOT NULL) AND j.late IS NOT NULL AND "
         f"{_ts('j.received_at')} IS NOT NULL",
         "request_id or key, late, received_at"),
@@ -480,8 +487,8 @@ def _mark_stale(con, at_sql: str, params) -> None:
 def _stage_chunk(con, f: dict, chunk: Path) -> None:
     kind, rel = f["kind"], f["rel"]
     fields, valid, _ = SELECT[kind]
-    con.execute(f"""INSERT INTO stage_{kind}
-        SELECT $file AS file, n, {fields}, j IS NOT NULL AND {valid} AS ok,
+    con.execute(f"""INSERT INTO stage_{kind} BY NAME
+        SELECT $file AS file, n AS line, {fields}, j IS NOT NULL AND {valid} AS ok,
                CASE WHEN NOT blank THEN j IS NULL END AS corrupt, nbytes FROM (
             SELECT n, CASE WHEN line IS NULL THEN true WHEN starts_with(line, '{{') THEN false
                            ELSE trim(line) = '' END AS blank, coalesce(strlen(line), 0) + 1 AS nbytes,
@@ -581,7 +588,7 @@ def recompute(con, settings, length: str, seq: int, serving: Path, report: Repor
                     line)) AS late FROM feedback WHERE request_id IS NULL
                     AND key IN ({in_touched.format('p.key')}) GROUP BY key""")
     base = f"""SELECT date_trunc('{unit}', p.at) AS window_start, p.request_id, p.key, p.latency_ms,
-                      p.model_version, p.arm, p.p_late, p.shadow_version, p.shadow_p_late, {cols}
+                      p.model_version, p.arm, p.p_late, p.shadow_version, p.shadow_p_late, p.features, {cols}
                FROM predictions p JOIN touched t ON date_trunc('{unit}', p.at) = t.window_start
                WHERE {in_range}"""
     con.execute(f"""CREATE OR REPLACE TEMP TABLE wrows AS
@@ -626,6 +633,7 @@ def recompute(con, settings, length: str, seq: int, serving: Path, report: Repor
         WHERE {in_range.replace('p."at"', 'r."at"')}
         GROUP BY 1 ORDER BY 1""").fetchall()
 
+    feature_nan = _feature_nan(con)
     clock("windows")
     # the rows the metrics and drift need, in the groups' order (the aggregates' ORDER BY): each group is
     # a slice; no strings but the category inputs cross into Python
@@ -656,6 +664,7 @@ def recompute(con, settings, length: str, seq: int, serving: Path, report: Repor
         drift = _drift(rows, ref, settings, version)
         clock("drift")
         w["drifted"] = [d["column"] for d in drift if d["drifted"]]
+        w["feature_nan"] = feature_nan.get((ws, version, arm))
         w["computed_at"], w["computed_seq"] = now, seq
         w["drift"] = drift
         w["reference_roc_auc"] = _num(((ref or {}).get("metrics") or {}).get("roc_auc"))
@@ -680,6 +689,24 @@ def recompute(con, settings, length: str, seq: int, serving: Path, report: Repor
     out.sort(key=lambda w: (w["window_start"], w["model_version"] == store.ALL, w["model_version"], w["arm"]))
     _write(con, length, out, drift_rows)
     clock("windows")
+    return out
+
+
+def _feature_nan(con) -> dict:
+    """(window start, version, arm) -> {store-provided input: {missing, stale}}: the rows of ``wrows`` in which
+    each was NaN for the model, and why ({} when the service read the store and every value was there); groups
+    whose rows carry no ``features`` (a service without a store, or before it had one) are left out."""
+    out: dict = {}
+    for ws, version, arm, name, reason, count in con.execute("""
+            WITH f AS (SELECT window_start, model_version, arm, features FROM wrows WHERE features IS NOT NULL)
+            SELECT window_start, model_version, arm, name, reason, count(*) FROM (
+                SELECT window_start, model_version, arm, unnest(features.missing) AS name, 'missing' AS reason FROM f
+                UNION ALL SELECT window_start, model_version, arm, unnest(features.stale), 'stale' FROM f
+                UNION ALL SELECT DISTINCT window_start, model_version, arm, NULL, NULL FROM f)
+            GROUP BY ALL""").fetchall():
+        group = out.setdefault((_naive(ws), version, arm), {})
+        if name is not None:
+            group.setdefault(name, {"missing": 0, "stale": 0})[reason] = int(count)
     return out
 
 
@@ -758,7 +785,7 @@ def _write(con, length: str, out: list[dict], drift_rows: list[dict]) -> None:
     con.execute("DELETE FROM stale_windows WHERE window_length = ?", [length])
     window_cols = [r[0] for r in con.execute("DESCRIBE windows").fetchall()]
     if out:
-        wf = pd.DataFrame([{c: (json.dumps(_jsonable(w[c])) if c in ("p_histogram", "drifted") and w[c] is not None
+        wf = pd.DataFrame([{c: (json.dumps(_jsonable(w[c])) if c in JSON_COLUMNS and w.get(c) is not None
                                 else w.get(c)) for c in window_cols} for w in out], columns=window_cols)
         con.register("new_windows", wf)
         con.execute(f"INSERT INTO windows SELECT {', '.join(_q(c) for c in window_cols)} FROM new_windows")
@@ -770,6 +797,9 @@ def _write(con, length: str, out: list[dict], drift_rows: list[dict]) -> None:
         con.register("new_drift", df)
         con.execute(f"INSERT INTO drift SELECT {', '.join(_q(c) for c in drift_cols)} FROM new_drift")
         con.unregister("new_drift")
+
+
+JSON_COLUMNS = ("p_histogram", "drifted", "feature_nan")  # windows' columns written as JSON text
 
 
 def _q(name: str) -> str:

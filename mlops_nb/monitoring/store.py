@@ -21,6 +21,13 @@ Consistency:
 The alerts the windows raise (``monitoring.alerts``: its own ``alerts`` table) live in this file too, stored
 in the call's transaction; their sinks run after the commit.
 
+Migration: a store made before the record gained fields (the point-in-time features of issue #12) lacks their
+columns in ``predictions``, the ``features`` column (where each store-provided field came from) and the
+windows' ``feature_nan``; ``connect`` adds them (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``, NULL for the
+rows already there) before anything else, so an old store is kept, not rebuilt; a log line's fields are
+staged by column name (a migrated table's new columns come last). A reader that opens an unmigrated store
+read-only, before any monitor call, fails on the columns it lacks.
+
 Incrementality: ``ingested_files`` holds, for each log file (path relative to the serving dir), how many
 bytes were read, its size and mtime when last read; a file whose size did not change is not opened. Each
 call adds its rows with its call number (``seq``), marks the windows they touch (of both lengths) in
@@ -49,6 +56,10 @@ LOCK_WAIT = 10.0  # seconds a second monitor waits for the first one
 
 # input column -> DuckDB type (the flight record, flattened)
 INPUT_COLUMNS = {name: ("VARCHAR" if spec[0] == "category" else "DOUBLE") for name, spec in RECORD.items()}
+# a logged row's "features" (data.logs.FEATURE_SOURCES): the store-provided fields by where each came from
+FEATURES_TYPE = "STRUCT(store VARCHAR[], sent VARCHAR[], missing VARCHAR[], stale VARCHAR[])"
+# columns a store of this schema version may lack, added by ``migrate``: table -> column -> type
+ADDED_COLUMNS = {"predictions": {**INPUT_COLUMNS, "features": FEATURES_TYPE}, "windows": {"feature_nan": "JSON"}}
 WINDOW_UNITS = {"1h": "hour", "1d": "day"}
 ALL = "*"  # model_version and arm of a window row that describes the whole service (the request log)
 
@@ -78,6 +89,7 @@ CREATE TABLE IF NOT EXISTS predictions (     -- one row a predicted row of the p
     request_id VARCHAR, key VARCHAR, "at" TIMESTAMP NOT NULL, model_version VARCHAR NOT NULL,
     arm VARCHAR NOT NULL, "row" BIGINT, p_late DOUBLE NOT NULL, latency_ms DOUBLE,
     {_inputs_ddl},
+    features {FEATURES_TYPE},                -- where the store-provided inputs came from (null: no store)
     shadow_arm VARCHAR, shadow_version VARCHAR, shadow_p_late DOUBLE
 );
 CREATE TABLE IF NOT EXISTS requests (        -- one row an API request, answered or refused
@@ -112,6 +124,7 @@ CREATE TABLE IF NOT EXISTS windows (
     threshold     DOUBLE,
     estimated_roc_auc DOUBLE, estimated_accuracy DOUBLE, estimate_method VARCHAR,
     drifted       JSON,                      -- names of the drifted columns
+    feature_nan   JSON,                      -- store-provided input -> its rows NaN as missing, as stale
     computed_at   TIMESTAMP NOT NULL,
     computed_seq  BIGINT NOT NULL,
     PRIMARY KEY (window_length, window_start, model_version, arm)
@@ -189,6 +202,7 @@ def _ensure_schema(con, path: Path) -> None:
         row = con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
         found = int(row[0]) if row else None
         if found == SCHEMA_VERSION:
+            migrate(con)
             return
         raise DataError(f"The monitoring store {path} has schema version {found}; this mlops-nb expects "
                         f"{SCHEMA_VERSION}. Delete the file: the next `mlops-nb monitor` rebuilds it from the "
@@ -197,6 +211,21 @@ def _ensure_schema(con, path: Path) -> None:
     con.execute(DDL)
     con.execute("INSERT INTO store_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
     con.execute("COMMIT")
+
+
+def migrate(con) -> list[str]:
+    """Add the columns of ``ADDED_COLUMNS`` that the store's tables lack (NULL in the rows already there), in
+    one transaction; returns them as ``table.column``."""
+    have = {(t, c) for t, c in con.execute("SELECT table_name, column_name FROM information_schema.columns "
+                                           "WHERE table_schema = 'main'").fetchall()}
+    missing = [(t, c, kind) for t, columns in ADDED_COLUMNS.items() for c, kind in columns.items()
+               if (t, c) not in have]
+    if missing:
+        con.execute("BEGIN")
+        for table, column, kind in missing:
+            con.execute(f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "{column}" {kind}')
+        con.execute("COMMIT")
+    return [f"{t}.{c}" for t, c, _ in missing]
 
 
 def next_seq(con) -> int:

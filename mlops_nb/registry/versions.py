@@ -4,7 +4,8 @@ A model version is the BentoML tag ``<model_name>:<first 16 hex of the model fil
 trained bytes are the same version, registered once. The store's directory of a version holds the
 pickled model, its reference profiles (whylogs, written by ``profiles``), its compiled form for serving
 (``compiled.treelite``, when ``registry.inference`` could compile and check it) and ``model.json`` (metrics,
-lineage, parameters, feature schema, the compile report under ``compiled``), so `bentoml export` / a Bento carry all of it. The warehouse
+lineage, parameters, feature schema, the feature definitions it was trained with under ``feature_store``,
+the compile report under ``compiled``), so `bentoml export` / a Bento carry all of it. The warehouse
 tables ``model_versions``, ``model_aliases`` and ``alias_audit`` say which version is the champion or
 the challenger and why; every alias change is one transaction (the alias and its audit row land
 together or not at all).
@@ -261,7 +262,8 @@ def register(con, tag: str, info: dict, gate: dict | None, run_id: str | None = 
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
             version, tag, _now(), run_id, json.dumps(info.get("metrics", {}), default=str),
             json.dumps({k: info.get(k) for k in ("lineage", "params", "kind", "seed", "snapshot_id", "feature_set_id",
-                                                  "feature_schema", "model_sha256", "compiled")}, default=str),
+                                                  "feature_store", "feature_schema", "model_sha256", "compiled")},
+                       default=str),
             json.dumps(gate, default=str) if gate is not None else None, sha256])
     if run_id is not None:
         con.execute("INSERT OR REPLACE INTO model_registrations VALUES (?, ?, ?, ?, ?, ?)", [

@@ -12,6 +12,9 @@ What is kept:
 - in the reports site, the task reports kept per run (``reports/runs/<run id>/``) of the last
   ``gc.keep_runs`` successful runs and of every run since the oldest of them; older runs' folders, and
   folders no run record names, are removed (their records and pages stay).
+- the feature store (``<data_dir>/featurestore/``): the online store and the pushed events are never
+  removed (their sizes are reported); the temporary files of a materialization that was killed are, as the
+  store's own ``EmbeddedStore.clean`` removes them, under its writer lock.
 
 DuckDB reuses the blocks that dropped tables free, so after a collection the file stops growing;
 ``CHECKPOINT`` gives the free blocks at the file's end back to the file system.
@@ -32,7 +35,7 @@ BLOCK_BYTES = 262144  # DuckDB's block size
 
 @dataclass
 class Item:
-    kind: str       # snapshot | feature set | model store | product | run reports
+    kind: str       # snapshot | feature set | model store | product | run reports | feature store
     name: str
     bytes: int
     detail: str = ""
@@ -44,6 +47,7 @@ class Report:
     kept: dict[str, list[str]] = field(default_factory=dict)
     warehouse_bytes_before: int = 0
     warehouse_bytes_after: int = 0
+    feature_store_bytes: dict[str, int] = field(default_factory=dict)  # kept file -> size
     dry_run: bool = False
 
     @property
@@ -54,6 +58,7 @@ class Report:
         return {"dry_run": self.dry_run, "freed_bytes": self.freed, "kept": self.kept,
                 "warehouse_bytes_before": self.warehouse_bytes_before,
                 "warehouse_bytes_after": self.warehouse_bytes_after,
+                "feature_store_bytes": self.feature_store_bytes,
                 "removed": [i.__dict__ for i in self.items]}
 
 
@@ -102,7 +107,33 @@ def collect(settings: config.Settings, dry_run: bool = False, plan: planning.Pla
             _collect_run_reports(con, settings, report, dry_run)
     if plan is not None:
         _collect_products(settings, plan, report, dry_run)
+    _collect_feature_store(settings, report, dry_run)
     return report
+
+
+# What EmbeddedStore.clean removes: the temporary file (and its WAL) of a materialization that did not finish.
+STORE_LEFTOVERS = ".online.*.tmp.duckdb*"
+
+
+def _collect_feature_store(settings, report: Report, dry_run: bool) -> None:
+    """Keep the feature store's online store and pushed events, saying their sizes; remove what an interrupted
+    materialization left, by the store's own clean(), under its writer lock (a running one's file is not left)."""
+    from ..featurestore import online
+
+    folder = online.store_dir(settings)
+    if not folder.is_dir():
+        return
+    with online.writer_lock(folder):
+        for name in (online.ONLINE, online.EVENTS):
+            if (folder / name).is_file():
+                report.feature_store_bytes[name] = (folder / name).stat().st_size
+        report.kept["feature store"] = [f"{name} ({human(n)})" for name, n in report.feature_store_bytes.items()]
+        leftovers = sorted(p for p in folder.glob(STORE_LEFTOVERS) if p.is_file())
+        for path in leftovers:
+            report.items.append(Item("feature store", path.name, path.stat().st_size,
+                                     "left by a materialization that did not finish"))
+        if leftovers and not dry_run:
+            online.EmbeddedStore(folder).clean()
 
 
 def _collect_warehouse(con, settings, plan, report: Report, dry_run: bool) -> None:

@@ -98,18 +98,20 @@ class RunRecord:
     error: str | None = None
     tasks: list = field(default_factory=list)   # pipeline.TaskResult
     trigger: str | None = None  # what started the run: None for `mlops-nb run`; 'retrain: ...' for a retrain
+    features: dict | None = None  # the feature set's point-in-time join: its id, definitions' digest, views,
+                                  # lead and pushed events' sha256 (None: no feature store)
 
 
 def insert(con, rec: RunRecord) -> None:
     """The run record and its tasks, inside the caller's transaction."""
     con.execute("INSERT INTO runs (run_id, started_at, ended_at, status, git_commit, git_dirty, params, snapshot_id, "
-                "versions, metrics, model_version, gate, error, trigger) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                "versions, metrics, model_version, gate, error, trigger, features) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
         rec.run_id, rec.started_at, rec.ended_at, rec.status, rec.git_commit, rec.git_dirty,
         json.dumps(rec.params, sort_keys=True), rec.snapshot_id, json.dumps(rec.versions, sort_keys=True),
         json.dumps(rec.metrics, sort_keys=True) if rec.metrics is not None else None, rec.model_version,
         json.dumps(rec.gate, sort_keys=True, default=str) if rec.gate is not None else None, rec.error,
-        rec.trigger])
+        rec.trigger, json.dumps(rec.features, sort_keys=True) if rec.features is not None else None])
     for t in rec.tasks:
         con.execute("INSERT INTO run_tasks VALUES (?, ?, ?, ?)",
                     [rec.run_id, t.name, t.status, round(t.seconds, 3)])
@@ -174,6 +176,7 @@ def list_runs(con, limit: int = 20, data_dir: Path | None = None) -> list[dict]:
     for r in runs:
         r["tasks"] = by_run.get(r["run_id"], [])
         r.setdefault("trigger", None)  # a warehouse not yet migrated (read-only) has no trigger column
+        r.setdefault("features", None)
         for k in ("started_at", "ended_at"):
             r[k] = r[k].isoformat() if r[k] else None
     if data_dir is not None:  # up-to-date runs not yet moved into the table

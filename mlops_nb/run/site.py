@@ -685,7 +685,8 @@ class _Context:
         commit = run.get("git_commit")
         lineage = [("git commit", (f'<span class="mono">{e(commit)}</span>' if commit else "not a git checkout")
                     + (" (with uncommitted changes)" if run.get("git_dirty") else "")),
-                   ("data snapshot", self.snapshot_text(snap)), ("feature set", self.feature_set_text(fs))]
+                   ("data snapshot", self.snapshot_text(snap)), ("feature set", self.feature_set_text(fs)),
+                   ("feature definitions", self.feature_store_text(run.get("features")))]
         parts.append(self.facts(lineage))
         parts.append(self.diff(run, prev))
         params = run.get("params") or {}
@@ -728,6 +729,21 @@ class _Context:
                     + (f"; rows: {extra}" if extra else "")
                     + ("; collected by gc" if row.get("collected_at") else "") + "</span>")
         return out
+
+    @staticmethod
+    def feature_store_text(info) -> str:
+        """The point-in-time join a feature set was built with: the definitions' digest, the views, the lead
+        and the pushed events' sha256 (a run's ``features``, a version's ``feature_store``)."""
+        if not isinstance(info, dict) or not info.get("digest"):
+            return '<span class="muted">none (no feature store)</span>'
+        views = info.get("views")
+        lead = info.get("lead")
+        bits = [f'<span class="mono" title="{e(info["digest"])}">{e(_short(info["digest"]))}</span>',
+                f"views: {e(', '.join(views) if views else 'none')}",
+                f"lead: {e(f'{lead} s' if lead is not None else 'unknown')}"]
+        if info.get("pushed_events_sha256"):
+            bits.append(f'pushed events <span class="mono">{e(_short(info["pushed_events_sha256"]))}</span>')
+        return "; ".join(bits)
 
     def diff(self, run: dict, prev: dict | None) -> str:
         if prev is None:
@@ -857,7 +873,8 @@ class _Context:
                  ("git commit", f'<span class="mono">{e(info.get("git_commit") or "not a git checkout")}</span>'
                   + (" (with uncommitted changes)" if info.get("git_dirty") else "")),
                  ("data snapshot", self.snapshot_text(lineage.get("snapshot_id"))),
-                 ("feature set", self.feature_set_text(lineage.get("feature_set_id")))]
+                 ("feature set", self.feature_set_text(lineage.get("feature_set_id"))),
+                 ("feature definitions", self.feature_store_text(lineage.get("feature_store")))]
         compiled = lineage.get("compiled")
         if isinstance(compiled, dict):
             done = compiled.get("status") == "compiled"

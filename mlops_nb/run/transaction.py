@@ -531,9 +531,13 @@ def _keep_failed_notebook(settings, plan, failed_task, run_id: str) -> list[Path
 
 
 def _lineage(plan: planning.Plan, record: records.RunRecord) -> None:
-    """Snapshot, metrics and the gate's decision, from the current products, into the run record."""
+    """Snapshot, feature set, metrics and the gate's decision, from the current products, into the run record."""
     if (found := plan.receipt("snapshot")) is not None:
         record.snapshot_id = found[1].get("snapshot_id")
+    if (found := plan.receipt("features")) is not None:
+        store = found[1].get("feature_store") or {}
+        record.features = {"feature_set_id": found[1].get("feature_set_id"), "snapshot_id": found[1].get("snapshot_id"),
+                           **{k: store.get(k) for k in ("digest", "views", "lead", "pushed_events_sha256", "files")}}
     if (found := plan.receipt("metrics")) is not None:
         record.metrics = found[1].get("test", found[1])
     if (found := plan.receipt("gate")) is not None:

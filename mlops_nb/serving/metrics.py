@@ -8,6 +8,9 @@
     mlops_nb_http_request_duration_seconds{route,status}  arrival to the answer's last byte (histogram)
     mlops_nb_recorder_dropped_rows_total{log}             rows (request-log lines) the full recorder dropped
     mlops_nb_recorder_dropped_requests_total{log}         requests whose log lines it dropped
+    mlops_nb_feature_nan_total{version,arm,route,feature,reason}  rows whose field from the online feature
+                                                          store was NaN for the model: reason missing (the store
+                                                          gave no number) or stale (past the view's ttl)
 
 The two ``http`` series count what BentoML's traffic metrics (``bentoml_*_request_total`` and
 ``_request_duration_seconds``) count for the other routes: the prediction routes are answered in front of
@@ -50,6 +53,8 @@ _children: dict[tuple, tuple] = {}   # (version, arm, route) -> the labelled chi
 _pending: dict[tuple, "_Counts"] = {}  # (version, arm, route) -> what observe counted since the last flush
 _http_children: dict[tuple, tuple] = {}  # (route, status) -> the labelled children
 _http_pending: dict[tuple, list] = {}    # (route, status) -> [latency bucket counts, latency sum]
+_nan_children: dict[tuple, object] = {}  # (version, arm, route, feature, reason) -> the labelled child
+_nan_pending: dict[tuple, int] = {}      # (version, arm, route, feature, reason) -> rows since the last flush
 
 
 class _Metrics:
@@ -74,6 +79,10 @@ class _Metrics:
         self.dropped_requests = pc.Counter("mlops_nb_recorder_dropped_requests",
                                            "Requests whose rows were not logged: the recorder's queue was full.",
                                            ("log",))
+        self.feature_nan = pc.Counter("mlops_nb_feature_nan",
+                                      "Rows whose field from the online feature store was NaN for the model: the "
+                                      "store gave no number (missing) or its view was past its ttl (stale).",
+                                      (*LABELS, "feature", "reason"))
 
 
 def _get() -> _Metrics:
@@ -124,9 +133,24 @@ def answered(route: str, status: int, seconds: float) -> None:
     counts[1] += seconds
 
 
+def feature_nan(version: str, arm: str, route: str, counts: list[tuple[str, str, int]]) -> None:
+    """Rows of one request whose store-provided field was NaN: (feature, reason, rows) (on the event loop)."""
+    for feature, reason, rows in counts:
+        labels = (version, arm, route, feature, reason)
+        _nan_pending[labels] = _nan_pending.get(labels, 0) + rows
+
+
 def flush() -> None:
-    """What ``observe`` and ``answered`` counted, into the Prometheus metrics (on the event loop, as they)."""
-    global _pending, _http_pending
+    """What ``observe``, ``answered`` and ``feature_nan`` counted, into the Prometheus metrics (on the event
+    loop, as they)."""
+    global _pending, _http_pending, _nan_pending
+    if _nan_pending:
+        nan, _nan_pending = _nan_pending, {}
+        for labels, rows in nan.items():
+            child = _nan_children.get(labels)
+            if child is None:
+                child = _nan_children[labels] = _get().feature_nan.labels(*labels)
+            child.inc(rows)
     if _http_pending:
         http, _http_pending = _http_pending, {}
         for labels, (buckets, total) in http.items():

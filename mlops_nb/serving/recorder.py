@@ -118,11 +118,12 @@ class Recorder:
 
     def record(self, request_id: str, version: str, arm: str, rows: "pd.DataFrame | list[dict]",
                p: np.ndarray, key: str | None = None, latency_ms: float | None = None,
-               at: float | None = None) -> None:
+               at: float | None = None, features: tuple | None = None) -> None:
         """The hot path: hand the rows over, nothing else. ``rows`` is the request's frame, or its records
         as dicts: one frame from the records of a thousand requests costs 1% of concatenating their frames.
-        ``at``: the time to log (serving.clock = flight), else now. A full queue drops the rows, counted:
-        it never blocks."""
+        ``at``: the time to log (serving.clock = flight), else now. ``features``: (names, the bytes of the
+        codes, rows x names int8) of the fields the online store provides (``lookup.Used``), or None: bytes
+        pickle in a microsecond, an array in ten. A full queue drops the rows, counted: it never blocks."""
         n = len(rows)
         with self._bound:
             if self._queued_rows + n > self.queue_max_rows:
@@ -130,7 +131,8 @@ class Recorder:
                 self.dropped_requests += 1
                 return
             self._queued_rows += n
-        self._queue.put((time.time() if at is None else at, request_id, version, arm, rows, p, key, latency_ms))
+        self._queue.put((time.time() if at is None else at, request_id, version, arm, rows, p, key, latency_ms,
+                         features))
 
     def request(self, at: float, request_id: str | None, route: str, status: int, latency_ms: float) -> None:
         """The request log's hot path (the middleware's, after the answer is out): a tuple on a queue, or

@@ -2,11 +2,12 @@
 
 One source for the fields, their types and ranges: the service's OpenAPI schema, the validation of every
 request and the training data's contract agree by construction. Unknown fields, NaN and infinity are
-refused (HTTP 400 naming the field).
+refused (HTTP 400 naming the field). The fields the online feature store provides (``provided``: field ->
+its view) say so in their description: they may be left out (or null) and are then looked up.
 """
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
@@ -32,10 +33,27 @@ def _field(name: str, kind: str, lo, hi, doc: str, *, as_list: bool, max_rows: i
     return (base, ...) if required else (Optional[base], None)
 
 
-FlightRecord = create_model(
-    "FlightRecord", __config__=ConfigDict(extra="forbid"),
-    **{name: _field(name, *spec, as_list=False) for name, spec in RECORD.items()})
-FlightRecord.__doc__ = "One scheduled flight, with what is known before it leaves."
+def _spec(name: str, provided: dict[str, str]) -> tuple:
+    """A RECORD entry, its description saying so when the feature store provides the field."""
+    kind, lo, hi, doc = RECORD[name]
+    if name in provided:
+        doc = (f"{doc}. Provided by the online feature store (view {provided[name]}) when left out or null: the "
+               "view's value for this flight's keys as of its prediction time (features.lead before its scheduled "
+               "departure); a value sent wins")
+    return kind, lo, hi, doc
+
+
+def record_model(provided: dict[str, str] | None = None):
+    """One flight record; ``provided``: field -> view of the fields the feature store provides."""
+    provided = provided or {}
+    model = create_model("FlightRecord", __config__=ConfigDict(extra="forbid"),
+                         **{name: _field(name, *_spec(name, provided), as_list=False) for name in RECORD})
+    model.__doc__ = "One scheduled flight, with what is known before it leaves." + (
+        " The fields the feature store provides may be left out." if provided else "")
+    return model
+
+
+FlightRecord = record_model()
 
 
 class _Columns(BaseModel):
@@ -50,11 +68,11 @@ class _Columns(BaseModel):
         return next(len(v) for _, v in self if v is not None)
 
 
-def columns_model(max_rows: int):
+def columns_model(max_rows: int, provided: dict[str, str] | None = None):
     """Many flights as columns: each field a list, all of one length, at most ``max_rows`` long."""
     model = create_model(
         "FlightColumns", __base__=_Columns,
-        **{name: _field(name, *spec, as_list=True, max_rows=max_rows) for name, spec in RECORD.items()})
+        **{name: _field(name, *_spec(name, provided or {}), as_list=True, max_rows=max_rows) for name in RECORD})
     model.model_config["extra"] = "forbid"
     model.model_rebuild(force=True)
     model.__doc__ = columns_model.__doc__.replace("``max_rows``", str(max_rows))
@@ -64,17 +82,40 @@ def columns_model(max_rows: int):
 KEY_DOC = "routing key of a canary rollout: the same key always gets the same arm (default: random)"
 
 
-def request_models(max_rows: int):
-    """The request bodies, with the row limit of the settings."""
+def request_models(max_rows: int, provided: dict[str, str] | None = None):
+    """The request bodies, with the row limit of the settings; ``provided``: field -> view of the fields the
+    feature store provides."""
+    record = FlightRecord if not provided else record_model(provided)
     flights = create_model(
         "PredictRequest", __config__=ConfigDict(extra="forbid"),
-        flights=(list[FlightRecord], Field(..., min_length=1, max_length=max_rows)),
+        flights=(list[record], Field(..., min_length=1, max_length=max_rows)),
         key=(Optional[str], Field(None, max_length=200, description=KEY_DOC)))
     columns = create_model(
         "PredictBatchRequest", __config__=ConfigDict(extra="forbid"),
-        columns=(columns_model(max_rows), ...),
+        columns=(columns_model(max_rows, provided), ...),
         key=(Optional[str], Field(None, max_length=200, description=KEY_DOC)))
     return flights, columns
+
+
+Rows = Union[Literal["all"], list[int]]
+
+
+class StoreFeatures(BaseModel):
+    """What the online feature store gave the request's rows. A provided field of a row that is named in none
+    of ``sent``, ``missing`` and ``stale`` is the store's value, as of its view's ``as_of``."""
+    provided: list[str] = Field(description="the record's fields the store provides: looked up for each row that "
+                                            "leaves them out or sends null")
+    as_of: dict[str, Optional[str]] = Field(
+        description="view -> the time its values are as of (ISO 8601, the flights' clock), null when it is not "
+                    "materialized or the store could not be read: the views read for this request (none when every "
+                    "row sent every provided field)")
+    sent: dict[str, Rows] = Field(description="field -> the rows (0-based; 'all': every row) that sent it: their "
+                                              "values won over the store")
+    missing: dict[str, Rows] = Field(
+        description="field -> the rows for which the store gave no number (the view not materialized, the store "
+                    "absent or unreadable, no events of the key in the window, a null observation): NaN for the model")
+    stale: dict[str, Rows] = Field(description="field -> the rows for which the view's values were older than its "
+                                               "ttl at the row's prediction time: NaN for the model")
 
 
 class Prediction(BaseModel):
@@ -83,6 +124,8 @@ class Prediction(BaseModel):
     arm: str = Field(description="champion or challenger: which model answered")
     p_late: list[float] = Field(description="probability of arriving more than 15 minutes late, a row each")
     late: list[bool] = Field(description="p_late >= the model's threshold")
+    features: Optional[StoreFeatures] = Field(None, description="what the online feature store gave the rows; null "
+                                                                "when the service reads no feature store")
 
 
 class ModelInfo(BaseModel):

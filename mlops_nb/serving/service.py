@@ -20,6 +20,15 @@ from the API routes, its traffic timeout replaced by ``limits.Deadline`` (BentoM
 timer in the event loop), metrics counted in process, access log off by default, a full garbage collection
 then ``gc.freeze()`` at start-up, and the logs and profiles handed to a background thread.
 
+Features from the online store (``lookup``): the record's fields that the feature definitions provide
+(``features.definitions``, the views of ``features.views``) may be left out of a request; each row then gets
+the store's values for its origin and carrier as of its prediction time (``features.lead`` before its
+scheduled departure), a value sent winning. Missing and stale values are NaN for the model, named in the
+answer's ``features``, counted in /metrics (``mlops_nb_feature_nan_total``) and in the prediction log. Without
+a definitions file (or with a record file) nothing is looked up. The embedded store is
+``<paths.data_dir>/featurestore/online.duckdb`` (a Bento's: ``$BENTOML_HOME/featurestore`` unless data_dir is
+absolute); a store that is not there means missing values, not a failed start.
+
 A project with a record file (``data.record``, written by ``mlops-nb init``) is served by the same class: its
 request bodies and answer come from the record (``schemas.spec_models``: ``{"records": [...]}``, answered with
 ``probability`` and ``positive``), and it writes no prediction log or profiles (their formats, and the
@@ -54,9 +63,9 @@ from threadpoolctl import threadpool_limits
 
 from .. import config, registry
 from ..data import logs
-from ..errors import MlopsNbError
+from ..errors import FeatureStoreError, MlopsNbError
 from ..registry.inference import Compiled, Scorer
-from . import metrics
+from . import lookup, metrics
 from .access import GetModel, RequestLog
 from .direct import Direct, Front
 from .limits import Deadline, RequestGuard
@@ -94,9 +103,19 @@ def record_spec(settings: config.Settings):
         raise ServingError(f"Cannot serve the record of 'data.record': {e}") from None
 
 
+def store_lookup(settings: config.Settings):
+    """The online store's ``lookup.Lookup`` for the flight record, or None (nothing to look up)."""
+    try:
+        return lookup.load(settings, in_bento=BENTO is not None)
+    except FeatureStoreError as e:
+        raise ServingError(f"Cannot serve with the feature definitions of 'features.definitions' "
+                           f"({settings.features.definitions}): {e}") from None
+
+
 SPEC = record_spec(SETTINGS)
+LOOKUP = store_lookup(SETTINGS) if SPEC is None else None
 if SPEC is None:
-    PredictRequest, PredictBatchRequest = request_models(MAX_ROWS)
+    PredictRequest, PredictBatchRequest = request_models(MAX_ROWS, LOOKUP.view_of if LOOKUP else None)
     Answer = Prediction
     BODY = "flights"  # the field of POST /predict's body that holds the records
 else:
@@ -225,6 +244,7 @@ class FlightDelay:
         self._feedback_lock = threading.Lock()  # one append at a time to this worker's file
         self.share = SETTINGS.serving.canary_share if self.mode == "canary" else 0.0
         self.flight_clock = SETTINGS.serving.clock == "flight"
+        self.lookup = LOOKUP
 
     @bentoml.on_startup
     def _start(self) -> None:
@@ -234,6 +254,9 @@ class FlightDelay:
         # which scores small requests: set here, in the loop's thread (set in __init__, the worker threads
         # spun after every one-row prediction: twice the CPU a request).
         threadpool_limits(1)
+        if self.lookup is not None:
+            print(f"mlops-nb: {', '.join(self.lookup.names)} from the online feature store{self.lookup.where} "
+                  f"when a request leaves them out: {lookup.as_of_text(self.lookup.warm())}", flush=True)
         if self.recorder is not None:
             self.recorder.start()
             RUNNING.recorder = self.recorder if self.recorder.log else None
@@ -262,29 +285,38 @@ class FlightDelay:
         arm = arm_for(key or request_id, self.share) if self.share else "champion"
         model = self.challenger if arm == "challenger" else self.champion
         score = functools.partial(self.score, model, rows, n)
-        p, logged = score() if n <= INLINE_ROWS else await anyio.to_thread.run_sync(score)
+        p, logged, used = score() if n <= INLINE_ROWS else await anyio.to_thread.run_sync(score)
         seconds = time.perf_counter() - started
         metrics.observe(model.version, arm, route, seconds, p)
+        if used is not None:
+            metrics.feature_nan(model.version, arm, route, used.nan_counts())
         if self.recorder is not None:
             latency_ms = seconds * 1000.0
             at = flight_time(first) if self.flight_clock else None
-            self.recorder.record(request_id, model.version, arm, logged, p, key, latency_ms, at)
+            self.recorder.record(request_id, model.version, arm, logged, p, key, latency_ms, at,
+                                 None if used is None else (used.names, used.codes.tobytes()))
         if SPEC is None:
             return Prediction(request_id=request_id, model_version=model.version, arm=arm, p_late=p.tolist(),
-                              late=(p >= model.threshold).tolist())
+                              late=(p >= model.threshold).tolist(),
+                              features=None if used is None else used.answer())
         return Answer(request_id=request_id, model_version=model.version, arm=arm, probability=p.tolist(),
                       positive=(p >= model.threshold).tolist())
 
     def score(self, model: Loaded, rows, n: int):
-        """P(late), and the rows as the recorder takes them (columns become a frame, off the event loop)."""
+        """P(late), the rows as the model and the recorder take them (the store's values filled in; columns
+        become a frame, off the event loop), and what the store gave them (``lookup.Used``, or None)."""
+        used = None
+        if self.lookup is not None:
+            rows, used = self.lookup.fill(rows, n)
         if n <= INLINE_ROWS:
             p = model.predict(rows)
         else:  # one OpenMP thread a batch too: two batches at once then take a core each (OpenMP's own threads
             with threadpool_limits(1):  # in a worker thread had cost 13% of the rows/s, bench/serving.py)
                 p = model.predict(rows)
         if self.recorder is None or isinstance(rows, list):
-            return p, rows
-        return p, pd.DataFrame({name: values if values is not None else [None] * n for name, values in rows.items()})
+            return p, rows, used
+        frame = pd.DataFrame({name: values if values is not None else [None] * n for name, values in rows.items()})
+        return p, frame, used
 
     @bentoml.api(route="/predict")
     async def predict(self, request: PredictRequest, /) -> Answer:

@@ -35,11 +35,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..data.logs import PREDICTIONS, PROFILES, REQUESTS, append, window_path
+from ..data.logs import FEATURE_SOURCES, PREDICTIONS, PROFILES, REQUESTS, append, window_path
 
 PROFILE_SECONDS = 10.0    # how often queued rows are profiled
 WRITE_SECONDS = 60.0      # how often the growing window profile (~0.5 MB) is rewritten
 KEEP_PARTS = 64           # (kind, window) -> current part remembered; more are forgotten (found again by size)
+KEEP_FEATURES = 4096      # distinct rows' "features" texts remembered (a row's codes -> its JSON)
 TICK_SECONDS = 1.0        # how often the clock is looked at when no input comes
 INBOX_ITEMS = 64          # items read ahead of the writing (each up to recorder.CHUNK_ROWS rows); then the pipe fills
 HEADER = struct.Struct("!Q")
@@ -77,6 +78,7 @@ class Writer:
         self._profiled_at = time.monotonic()
         self._profile, self._window, self._written_at = None, None, time.monotonic()
         self._unwritten = False                   # the rolling profile has rows the file lacks
+        self._features: dict[tuple, str] = {}     # (names, a row's codes) -> the line's "features" JSON
 
     def take(self, batch: list, requests: list, shadow) -> None:
         """A piece of one drain of the server: rows, and with its last piece the drain's request lines (a
@@ -131,17 +133,20 @@ class Writer:
         # one vectorised JSON encoding of all inputs (NaN -> null), then a line a row
         encoded = inputs.to_json(orient="records", lines=True, double_precision=15).splitlines()
         lines, i = [], 0
-        for at, request_id, version, arm, rows, p, key, latency_ms in part:
+        for at, request_id, version, arm, rows, p, key, latency_ms, features in part:
             n = len(rows)
             self._rows_of[request_id] = n
-            # PREDICTION_FIELDS order: request_id, key, at, model_version, arm, row, inputs, p_late,
+            # PREDICTION_FIELDS order: request_id, key, at, model_version, arm, row, inputs, features, p_late,
             # latency_ms, shadow. The request id (hex), version (a tag's hex) and arm need no escaping;
             # the client's key does
             head = (f'{{"request_id": "{request_id}", "key": {"null" if key is None else json.dumps(key)}, '
                     f'"at": "{self._stamp(at)}", "model_version": "{version}", "arm": "{arm}"')
             latency = "null" if latency_ms is None else repr(round(latency_ms, 3))
+            names, codes = features if features is not None else ((), None)
+            width = len(names)
             for row in range(n):
-                tail = (f', "row": {row}, "inputs": {encoded[i]}, "p_late": {float(p[row])!r}, '
+                used = "null" if codes is None else self._features_text(names, codes[row * width:(row + 1) * width])
+                tail = (f', "row": {row}, "inputs": {encoded[i]}, "features": {used}, "p_late": {float(p[row])!r}, '
                         f'"latency_ms": {latency}, "shadow": ')
                 if shadow is not None:
                     tail += (f'{{"arm": "challenger", "model_version": "{shadow[0]}", '
@@ -151,6 +156,21 @@ class Writer:
                 lines.append(head + tail + "}\n")
                 i += 1
         append(self._path(PREDICTIONS, start), lines)
+
+    def _features_text(self, names: tuple, codes: bytes) -> str:
+        """A row's "features": {store: [...], sent: [...], missing: [...], stale: [...]} from its codes (a byte
+        a field, an index into FEATURE_SOURCES); rows of a request mostly share a few, so each is made once."""
+        key = (names, codes)
+        text = self._features.get(key)
+        if text is None:
+            groups = {source: [] for source in FEATURE_SOURCES}
+            for name, code in zip(names, codes):
+                groups[FEATURE_SOURCES[code]].append(name)
+            text = json.dumps(groups)
+            if len(self._features) >= KEEP_FEATURES:
+                self._features.clear()
+            self._features[key] = text
+        return text
 
     def _requests(self, requests: list) -> None:
         by_window: dict[float, list[str]] = {}

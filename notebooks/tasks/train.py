@@ -29,6 +29,10 @@ from mlops_nb.run import products, records
 feature_receipt = products.read_json(upstream["features"]["features"])
 with warehouse.connect(path=warehouse_file) as con:
     rows = features.load(con, feature_receipt["table_name"], ["train", "valid"])
+# the feature store's views the model is not trained with (features.views): their features left missing, so
+# the model drops them (it keeps no column it never saw a value of)
+left_out = [f for f in (feature_receipt.get("feature_store") or {}).get("left_out", []) if f in rows.columns]
+rows[left_out] = float("nan")
 train, valid = rows[rows.split == "train"], rows[rows.split == "valid"]
 
 estimator = model.build_model(kind, learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
@@ -56,5 +60,6 @@ products.write_json(product["info"], {
     "params": dict(learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
                    l2_regularization=l2_regularization, c=c),
     "feature_set_id": feature_receipt["feature_set_id"], "snapshot_id": feature_receipt["snapshot_id"],
+    "feature_store": feature_receipt.get("feature_store"),
     "rows": {"train": len(train), "valid": len(valid), "train_scored": len(scored["train"])}, "metrics": scores,
     "lineage": records.lineage(config.get_settings().root)})
