@@ -350,7 +350,7 @@ def test_an_empty_or_missing_store_gives_a_page_that_says_so(settings, tmp_path)
     assert found["empty"] and found["charts"] == [] and found["imgs"] == 0 and len(found["alertIds"]) > 0
 
 
-def test_a_thousand_windows_of_twenty_features_take_under_two_seconds(settings):
+def test_a_thousand_windows_of_every_input_take_under_two_seconds(settings):
     n = 1000
     cols = ", ".join(f"'{c}'" for c in FEATURES + [alerts.PREDICTION])
     with store.connect(settings) as con:
@@ -370,17 +370,17 @@ def test_a_thousand_windows_of_twenty_features_take_under_two_seconds(settings):
                                 FROM range(?, {n}) t(i), unnest([{cols}]) u(c),
                                      LATERAL (SELECT ((hash(i, c) % 1000) / 4000.0)::DOUBLE AS s)""",
                             [version, arm, skip])
-        assert con.execute("SELECT count(*) FROM drift").fetchone()[0] == (n + n - 600) * 21
+        assert con.execute("SELECT count(*) FROM drift").fetchone()[0] == (n + n - 600) * (len(FEATURES) + 1)
         fired = alerts.evaluate(window(datetime(2013, 1, 2), "v1", "champion", latency_p99_ms=900.0), [], None, settings)
         alerts.record(con, fired, settings)
     # CPU time: the machine is shared with other test runs (wall time is bounded loosely as well)
     wall, cpu = time.perf_counter(), time.process_time()
     page = report.write(settings)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    assert cpu < 2.0 and wall < 6.0, f"report.write took {cpu:.2f} s CPU, {wall:.2f} s wall for {n} windows x 20 features"
+    assert cpu < 2.0 and wall < 6.0, f"report.write took {cpu:.2f} s CPU, {wall:.2f} s wall for {n} windows x {len(FEATURES) + 1} inputs"
     text = page.read_text(encoding="utf-8")
     assert text.count('class="chart heatmap"') == 2 and 'id="timeline-chart"' in text
     assert_offline(text)
-    # inline SVG stays a reasonable size: under 2 MB a chart, a heat map of 21 features x 1000 windows too
+    # inline SVG stays a reasonable size: under 2 MB a chart, a heat map under 95 bytes a cell (every input x 1000 windows)
     charts = re.findall(r"<svg\b.*?</svg>", text, re.S)
-    assert len(charts) == 3 and max(map(len, charts)) < 2_000_000, [len(c) for c in charts]
+    assert len(charts) == 3 and max(map(len, charts)) < max(2_000_000, 95 * (len(FEATURES) + 1) * n), [len(c) for c in charts]
