@@ -197,8 +197,6 @@ def online_lookups(settings, defs, snapshot: str, say, n: int = 20000) -> dict:
 
 
 SERVICE_UNTIL = "2013-03-10T12:00:00"  # the store the service part reads is materialized to this time
-SERVICE_SAMPLE = ["-p", "data.months=1-3", "-p", "split.train_months=1", "-p", "split.valid_months=2",
-                  "-p", "split.test_months=3"]
 BATCH_ROWS = 10_000
 
 
@@ -216,21 +214,12 @@ def _pcts(ns: list[int]) -> tuple[float, float]:
 
 
 def service_project(tmp: Path, say) -> tuple[Path, dict]:
-    """A project of this repository's settings, pipeline, definitions and tasks run on 3 months, its online
-    store materialized to SERVICE_UNTIL; (folder, environment of its commands)."""
-    bin_dir = Path(sys.executable).parent
-    project = tmp / "project"
-    project.mkdir()
-    for rel in ("settings.ini", "pipeline.yaml", "features.yaml", "notebooks/tasks"):
-        src = ROOT / rel
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, project / rel)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "BENTOML_HOME"))}
-    env.update(MLOPS_NB_SETTINGS=str(project / "settings.ini"), BENTOML_DO_NOT_TRACK="true", WHYLOGS_NO_ANALYTICS="1")
+    """bench/serving.py's project (this repository's settings, pipeline, definitions and tasks run on 3 months),
+    its online store materialized to SERVICE_UNTIL; (folder, environment of its commands)."""
     started = time.perf_counter()
-    subprocess.run([str(bin_dir / "mlops-nb"), "run", "--quiet", *SERVICE_SAMPLE], cwd=project, env=env, check=True,
-                   capture_output=True, timeout=900)
-    subprocess.run([str(bin_dir / "mlops-nb"), "features", "materialize", "--until", SERVICE_UNTIL], cwd=project,
-                   env=env, check=True, capture_output=True, timeout=600)
+    project, env, _ = _serving_bench().build_project(tmp)
+    subprocess.run([str(Path(sys.executable).parent / "mlops-nb"), "features", "materialize", "--until", SERVICE_UNTIL],
+                   cwd=project, env=env, check=True, capture_output=True, timeout=600)
     say(f"service project built and its store materialized to {SERVICE_UNTIL} in {time.perf_counter() - started:.0f} s")
     return project, env
 

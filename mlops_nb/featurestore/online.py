@@ -192,9 +192,13 @@ class EmbeddedStore:
             _remove(tmp)
         return done
 
+    def leftovers(self) -> list[Path]:
+        """The temporary files of a materialization that did not finish (or of one running now)."""
+        return sorted(p for p in self.folder.glob(".online.*.tmp.duckdb*") if p.is_file())
+
     def clean(self) -> None:
         """Remove the temporary files of a materialization that was killed (the writer lock is held)."""
-        for leftover in self.folder.glob(".online.*.tmp.duckdb*"):
+        for leftover in self.leftovers():
             leftover.unlink(missing_ok=True)
 
     # -- reader

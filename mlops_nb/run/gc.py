@@ -111,10 +111,6 @@ def collect(settings: config.Settings, dry_run: bool = False, plan: planning.Pla
     return report
 
 
-# What EmbeddedStore.clean removes: the temporary file (and its WAL) of a materialization that did not finish.
-STORE_LEFTOVERS = ".online.*.tmp.duckdb*"
-
-
 def _collect_feature_store(settings, report: Report, dry_run: bool) -> None:
     """Keep the feature store's online store and pushed events, saying their sizes; remove what an interrupted
     materialization left, by the store's own clean(), under its writer lock (a running one's file is not left)."""
@@ -128,12 +124,13 @@ def _collect_feature_store(settings, report: Report, dry_run: bool) -> None:
             if (folder / name).is_file():
                 report.feature_store_bytes[name] = (folder / name).stat().st_size
         report.kept["feature store"] = [f"{name} ({human(n)})" for name, n in report.feature_store_bytes.items()]
-        leftovers = sorted(p for p in folder.glob(STORE_LEFTOVERS) if p.is_file())
+        store = online.EmbeddedStore(folder)
+        leftovers = store.leftovers()
         for path in leftovers:
             report.items.append(Item("feature store", path.name, path.stat().st_size,
                                      "left by a materialization that did not finish"))
         if leftovers and not dry_run:
-            online.EmbeddedStore(folder).clean()
+            store.clean()
 
 
 def _collect_warehouse(con, settings, plan, report: Report, dry_run: bool) -> None:
