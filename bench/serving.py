@@ -7,7 +7,8 @@ time on 127.0.0.1 (no two measured servers share the 2 cores):
   ours-sklearn  the same with serving.compiled = false (scikit-learn on the NumPy input)
   ours-noprof   ours with serving.profile_requests = false (no whylogs profiles; the logs still written)
   ours-nolog    ours-noprof with serving.log_predictions = false too (what the prediction and request logs cost)
-  bare          bench/bare_app.py: Starlette + uvicorn, the same Scorer (compiled), no validation, no logging
+  bare          bench/bare_app.py: Starlette + uvicorn, the same feature code (the online store's lookup of the
+                fields the record leaves out, then the Scorer, compiled), no validation, no logging
 For each round (the servers' order turns each round) a server is started, warmed up, left until its
 process tree is idle (its recorder process imports whylogs once, at start), measured with wrk
 (POST /predict, one flight record) at 16 concurrent connections (wrk) and by a Python client one request at
@@ -188,9 +189,14 @@ def stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def server(spec: tuple, project: Path, env: dict, one: Path):
-    """(process, port, url) of a server started from ``spec`` (command, extra environment), warmed up and
-    left until its process tree is idle; stopped on exit."""
-    cmd, extra = spec
+    """(process, port, url) of a server started from ``spec`` (command, extra environment, whether it profiles
+    requests), warmed up and left until its process tree is idle; stopped on exit. A server that profiles is
+    first left until its recorder has profiled the warm-up's rows: whylogs sets a profile's columns up at its
+    first rows (tens of ms, once a profile window and worker: an hour of traffic), which is no request's cost
+    and, in a run of seconds, would be counted as several microseconds a request."""
+    from mlops_nb.serving.writer import PROFILE_SECONDS
+
+    cmd, extra, profiles = spec
     port = free_port()
     proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], cwd=project,
                             env={**env, **extra, "MLOPS_NB_SERVING__MAX_ROWS": str(BATCH_ROWS)},
@@ -199,6 +205,8 @@ def server(spec: tuple, project: Path, env: dict, one: Path):
         url = f"http://127.0.0.1:{port}"
         wait_ready(f"{url}/readyz", proc)
         wrk(f"{url}/predict", one, 4, 2)  # warm-up
+        if profiles:
+            time.sleep(PROFILE_SECONDS + 2)
         settle(proc.pid)
         yield proc, port, url
     finally:
@@ -274,16 +282,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mlops-nb-bench-serving-") as tmp:
         tmp = Path(tmp)
         project, env, tag = build_project(tmp)
-        servers = {
-            "ours": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"], {}),
+        servers = {  # name -> (command, extra environment, whether it profiles requests)
+            "ours": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"], {}, True),
             "ours-sklearn": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"],
-                             {"MLOPS_NB_SERVING__COMPILED": "false"}),
+                             {"MLOPS_NB_SERVING__COMPILED": "false"}, True),
             "ours-noprof": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"],
-                            {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false"}),
+                            {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false"}, False),
             "ours-nolog": ([str(BIN / "mlops-nb"), "serve", "--port", "{port}"],
-                           {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false", "MLOPS_NB_SERVING__LOG_PREDICTIONS": "false"}),
+                           {"MLOPS_NB_SERVING__PROFILE_REQUESTS": "false", "MLOPS_NB_SERVING__LOG_PREDICTIONS": "false"},
+                           False),
             "bare": ([sys.executable, str(ROOT / "bench" / "bare_app.py"), tag, "{port}"],
-                     {"BENTOML_HOME": str(project / "data" / "bentoml")}),
+                     {"BENTOML_HOME": str(project / "data" / "bentoml")}, False),
         }
         one = tmp / "one.lua"
         body = json.dumps({"flights": [RECORD]})

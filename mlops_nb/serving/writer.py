@@ -113,6 +113,7 @@ class Writer:
         starts = [self._window_of(b[0]) for b in batch]
         for start in sorted(set(starts)):
             part = [b for b, s in zip(batch, starts) if s == start]
+            inputs = None
             if self.log:
                 inputs = frame([b[4] for b in part])
                 rows_shadow = None
@@ -122,12 +123,21 @@ class Writer:
                     rows_shadow = (version, np.concatenate([p[i] for i in at]))
                 self._predictions(start, part, inputs, rows_shadow)
             if self.profile:
-                # the requests' rows kept as they came (lists of records, frames), made one frame a profile:
-                # a frame a drain, concatenated, cost more than the profiling itself
+                # the rows kept as the log's frame of this piece (up to recorder.CHUNK_ROWS rows: a few frames a
+                # profile to concatenate), else as they came (lists of records, frames; a frame a request,
+                # concatenated, cost more than the profiling itself); P(late) as one array; the arms as runs
                 pending = self._pending.setdefault(start, ([], [], []))
-                pending[0].extend(b[4] for b in part)
-                pending[1].extend(b[5] for b in part)
-                pending[2].extend((b[3], len(b[4])) for b in part)
+                if inputs is not None:
+                    pending[0].append(inputs)
+                else:
+                    pending[0].extend(b[4] for b in part)
+                pending[1].append(numbers([b[5] for b in part]))
+                runs = pending[2]
+                for b in part:
+                    if runs and runs[-1][0] == b[3]:
+                        runs[-1][1] += len(b[4])
+                    else:
+                        runs.append([b[3], len(b[4])])
 
     def _predictions(self, start: float, part: list, inputs, shadow) -> None:
         # one vectorised JSON encoding of all inputs (NaN -> null), then a line a row
@@ -197,8 +207,8 @@ class Writer:
             self._window = start
             parts, p_late, arms = pending[start]
             names, counts = zip(*arms)
-            rows = numbers_as_floats(frame(parts)).assign(p_late=np.concatenate(p_late).astype(float),
-                                                          arm=np.repeat(names, counts))
+            rows = numbers_as_floats(frame(parts)).assign(p_late=np.concatenate(p_late),
+                                                          arm=np.repeat(np.array(names, dtype=object), counts))
             if self._profile is None:
                 self._profile = profiles.Rolling()
             self._profile.track(rows)
@@ -268,6 +278,16 @@ def frame(parts: list):
     if records:
         frames.append(pd.DataFrame.from_records(records, columns=list(records[0])))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def numbers(parts: list):
+    """One float64 array of P(late) parts, each a list (a short request's, as the server sends it) or an array:
+    the lists joined first (an array a one-row request, concatenated, cost more than a microsecond a row)."""
+    import numpy as np
+
+    if all(isinstance(p, list) for p in parts):
+        return np.array([x for p in parts for x in p], dtype=np.float64)
+    return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts]) if parts else np.empty(0)
 
 
 def numbers_as_floats(df):
