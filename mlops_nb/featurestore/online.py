@@ -42,6 +42,7 @@ FEATURES_SCHEMA = "features"     # online.duckdb: features.<view>; main.views is
 EVENTS_DB = "fs_events"          # events.duckdb attached under this name
 PUBLISH_DB = "fs_publish"        # the temporary file being written, attached under this name
 NAN = float("nan")
+KEEP_CHOSEN = 256                # (entities, views) combinations whose views to read are kept
 
 
 def store_dir(settings: config.Settings, in_bento: bool = False) -> Path:
@@ -303,6 +304,22 @@ class OnlineStore:
         self.store = store
         self.entities = tuple(defs.entities)
         self._views = [_ViewReader(defs, v) for v in defs.views.values()]
+        self._chosen_for: dict[tuple, list] = {}
+
+    def _chosen(self, keys, views) -> list:
+        """The views to read for ``keys`` (entity names) and ``views`` (view names; None: every view those keys
+        name), the names checked; worked out once a combination (a service asks the same few on every request)."""
+        found = self._chosen_for.get((tuple(keys), None if views is None else tuple(views)))
+        if found is not None:
+            return found
+        for name in keys:
+            if name not in self.defs.entities:
+                raise FeatureStoreError(f"Unknown entity {name!r}: the entities are {', '.join(self.entities)}."
+                                        f"{did_you_mean(str(name), self.entities)}")
+        found = [v for v in self._views if all(e in keys for e in v.entities) and (views is None or v.name in views)]
+        if len(self._chosen_for) < KEEP_CHOSEN:
+            self._chosen_for[(tuple(keys), None if views is None else tuple(views))] = found
+        return found
 
     def views_for(self, keys) -> list[str]:
         """The views whose entities are all among ``keys``."""
@@ -320,14 +337,10 @@ class OnlineStore:
     def lookup_stale(self, keys, at: datetime | None = None, views=None) -> tuple[dict, dict, set]:
         """``lookup``, of ``views`` only when given, and the set of the views that were stale at ``at`` (the
         service counts their NaN apart from missing values)."""
-        for name in keys:
-            if name not in self.defs.entities:
-                raise FeatureStoreError(f"Unknown entity {name!r}: the entities are {', '.join(self.entities)}."
-                                        f"{did_you_mean(str(name), self.entities)}")
+        chosen = self._chosen(keys, views)
         if at is None:
             at = utc_now()
-        chosen = [v for v in self._views if all(e in keys for e in v.entities) and (views is None or v.name in views)]
-        requests = [(v.name, v.names, tuple(None if keys[e] is None else str(keys[e]) for e in v.entities))
+        requests = [(v.name, v.names, tuple([None if (x := keys[e]) is None else str(x) for e in v.entities]))
                     for v in chosen]
         meta, rows = self.store.read(requests)
         if any(meta.get(v.name) is not None and at - meta[v.name][0] > v.ttl for v in chosen):
@@ -359,12 +372,8 @@ class OnlineStore:
         bool array, the rows for which the view's values are stale)."""
         import numpy as np
 
-        for name in keys:
-            if name not in self.defs.entities:
-                raise FeatureStoreError(f"Unknown entity {name!r}: the entities are {', '.join(self.entities)}."
-                                        f"{did_you_mean(str(name), self.entities)}")
+        chosen = self._chosen(keys, views)
         n = len(at)
-        chosen = [v for v in self._views if all(e in keys for e in v.entities) and (views is None or v.name in views)]
         # each entity's values coded once (its distinct values are few), a view's keys as one integer a row
         codes, distinct = {}, {}
         for e in dict.fromkeys(e for v in chosen for e in v.entities):
