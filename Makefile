@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser redis run test test-fast check-nbdev lab lock bench bench-serving serve clean
+.PHONY: help install browser redis node tools image run test test-fast check-nbdev lab lock bench bench-serving serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,10 +36,24 @@ redis: ## Debian's redis-server for the online feature store's Redis test (insta
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 	@/usr/bin/redis-server --version
 
+node: ## Debian's Node.js, npm and Java for the CI files' checkers (installed only when npm or java is missing)
+	@command -v npm >/dev/null && command -v java >/dev/null || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends nodejs npm default-jre-headless; }
+	@node --version
+
+tools: install node ## the exporters' own environments (Airflow, kfp, MLflow, Kubernetes and CI checkers), kept between clones
+	$(BIN)/mlops-nb export tools
+
+image: install ## the Bento's image and the pipeline's (needs Docker with BuildKit); manifests in exports/k8s
+	tag=$$($(BIN)/mlops-nb build | tail -1) && $(BIN)/mlops-nb export k8s --bento $$tag --out exports/k8s && \
+	  BENTOML_HOME=$${BENTOML_HOME:-data/bentoml} $(BIN)/bentoml containerize $$tag
+	docker build --build-context mlops-nb=. -f exports/k8s/Dockerfile.pipeline -t mlops-nb-pipeline .
+
 run: install ## set up, then run the reference pipeline on the bundled flight data
 	$(BIN)/mlops-nb run
 
-test: install browser redis check-nbdev ## set up, then run every test (nbdev notebooks, sync check, pytest)
+test: install browser redis tools check-nbdev ## set up, then run every test (nbdev notebooks, sync check, pytest)
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: install ## pytest without the slow end-to-end builds

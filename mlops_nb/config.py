@@ -300,6 +300,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "after_run": Key("true", _bool, "true or false",
                          "collect what nothing needs after every successful run (the warehouse stays bounded)"),
     },
+    "export": {
+        "tools_dir": Key("~/.cache/mlops-nb/tools", _text, "a folder path",
+                         "the exporters' own environments (Airflow, kfp, MLflow, a Kubernetes validator), made by "
+                         "`mlops-nb export tools` (`make tools`) and kept between runs and clones"),
+    },
     "pipeline": {
         "executor": Key("engine", _choice("engine", "papermill"), "one of 'engine', 'papermill'",
                         "engine: notebooks run in-process (fast); papermill: one kernel each (isolated)"),

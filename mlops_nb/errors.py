@@ -51,6 +51,10 @@ class PipelineError(MlopsNbError):
     exit_code = 4
 
 
+class UpstreamNotReady(PipelineError):
+    """A task run alone (``--only``) whose upstream tasks' products are missing or stale."""
+
+
 class TaskTimeoutError(PipelineError):
     """A task ran longer than pipeline.task_timeout."""
 
@@ -79,6 +83,12 @@ class NotFoundError(MlopsNbError, LookupError):
 
     exit_code = 6
     http_status = 404
+
+
+class ExportError(MlopsNbError):
+    """An export could not be written: no champion, an unwritable output, a missing exporter environment."""
+
+    exit_code = 7
 
 
 def did_you_mean(name: str, choices) -> str:

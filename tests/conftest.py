@@ -439,3 +439,23 @@ def upstream_closure(graph: dict, name: str) -> set[str]:
 def tasks_using(graph: dict, setting: str) -> set[str]:
     """Tasks whose parameters name the setting."""
     return {t for t, info in graph.items() if setting in info["settings"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# the exporters' own environments (Airflow, kfp, MLflow, a Kubernetes validator)
+
+
+@pytest.fixture(scope="session")
+def tool_bin():
+    """name -> the bin folder of that exporter's environment (``mlops_nb.export.tools``), made on first use
+    and kept in the repository settings' export.tools_dir (``make tools`` makes them all before the suite)."""
+    from mlops_nb import config
+    from mlops_nb.export import tools
+
+    settings = config.load(REPO / "settings.ini", environ={}, check_inputs=False)
+
+    def get(name: str) -> Path:
+        tools.create(settings, name)
+        return tools.bin_dir(settings, name)
+
+    return get

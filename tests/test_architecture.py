@@ -20,11 +20,11 @@ EXPORTED = {"lib.record", "lib.columns", "lib.transforms", "lib.model", "lib.eva
 GENERATED = EXPORTED | {"_modidx"}
 
 # The layers, top first: a module imports modules of its own layer or of the layers below it, never above.
-# serving, monitoring, interactive and scaffold (mlops-nb init) share a rank and never import each other (the
+# serving, monitoring, interactive, scaffold (mlops-nb init) and export share a rank and never import each other (the
 # service's log formats, data.logs, are all serving and monitoring share). "base" is config, errors, lib (the
 # generated model code), __init__ and _modidx.
-RANK = {"cli": 0, "serving": 1, "monitoring": 1, "interactive": 1, "scaffold": 1, "run": 2, "registry": 3,
-        "featurestore": 3.5, "data": 4, "base": 5}
+RANK = {"cli": 0, "serving": 1, "monitoring": 1, "interactive": 1, "scaffold": 1, "export": 1, "run": 2,
+        "registry": 3, "featurestore": 3.5, "data": 4, "base": 5}
 LAYERS = list(RANK)
 
 

@@ -99,7 +99,7 @@ def test_feedback_by_request_id_and_by_key_is_on_disk_when_answered(http, out):
     assert by_key == [{"request_id": None, "key": "fb-customer-1", "late": False, "arr_delay": None,
                        "received_at": got["received_at"], "source": "http"}]
     files = sorted((out / "feedback").glob("*.jsonl"))
-    assert all(re.fullmatch(r"\d{8}-\d+\.jsonl", f.name) for f in files), files
+    assert all(re.fullmatch(r"\d{8}-[^/]+-\d+\.jsonl", f.name) for f in files), files
 
 
 def test_many_outcomes_duplicates_and_unknown_ids_are_kept(http, out):
@@ -179,7 +179,7 @@ def test_form_bodies_are_refused_unread(http, route):
 def test_a_disk_error_is_a_503_and_no_acknowledged_loss(http, out):
     r = http.post("/feedback", json={"outcomes": [_OK]})
     assert r.status_code == 200, r.text
-    (path,) = [p for p in (out / "feedback").glob("*.jsonl") if re.fullmatch(r"\d{8}-\d+\.jsonl", p.name)
+    (path,) = [p for p in (out / "feedback").glob("*.jsonl") if re.fullmatch(r"\d{8}-[^/]+-\d+\.jsonl", p.name)
                and p.name.startswith(time.strftime("%Y%m%d", time.gmtime()))]
     aside = path.with_name("aside.tmp")
     path.rename(aside)

@@ -234,6 +234,20 @@ def test_a_run_below_the_gate_registers_a_candidate(served):
 
 
 @pytest.mark.slow
+def test_strict_gate_fails_the_command_when_the_gate_refuses(served_copy):
+    """`mlops-nb run --strict-gate` (what CI runs): a refused model lands as a candidate, and the command fails
+    with exit code 8 so that the job does; a run whose gate did not run keeps exit code 0."""
+    refused = mlops(served_copy, "run", "--quiet", "--strict-gate", "-p", "gate.min_roc_auc=0.99", "-p", "model.seed=9")
+    assert refused.returncode == 8, str(refused)
+    assert "the gate refused model" in refused.stderr and "gate.min_roc_auc 0.99" in refused.stderr, refused.stderr
+    record = last_run(served_copy)
+    assert record["status"] == "succeeded" and record["gate"]["promote"] is False
+    assert record["model_version"] in [r["version"] for r in versions(served_copy)], "registered as a candidate"
+    again = mlops(served_copy, "run", "--quiet", "--strict-gate", "-p", "gate.min_roc_auc=0.99", "-p", "model.seed=9")
+    assert again.returncode == 0 and "Nothing to do" in again.stdout, str(again)
+
+
+@pytest.mark.slow
 def test_a_much_worse_model_is_not_promoted_over_the_champion(served, served_copy):
     """One boosting round at a tiny learning rate against the champion's 30: it clears an absolute floor
     of 0.5 ROC AUC but is far worse than the champion on the same test rows."""

@@ -8,6 +8,7 @@ import sys
 
 from .alerts import cmd_alerts
 from .drift import cmd_drift
+from .export import cmd_export
 from .features import cmd_features
 from .feedback import cmd_feedback
 from .gc import cmd_gc
@@ -42,7 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting for this run, e.g. -p model.seed=7 (repeatable)")
     run.add_argument("--force", action="store_true", help="run every task (of --task's scope) even if up to date")
     run.add_argument("--task", metavar="NAME", help="run only this task and what it needs")
+    run.add_argument("--only", action="store_true",
+                     help="with --task: that task alone, against the products its upstream tasks already made (an "
+                          "error names what is missing or stale); what an orchestrator runs for each task")
     run.add_argument("--quiet", action="store_true", help="no progress lines, only the closing table")
+    run.add_argument("--strict-gate", action="store_true",
+                     help="exit with code 8 when the gate refuses the model this run trained (it is still registered, "
+                          "as a candidate): for CI jobs that must fail then")
 
     runs = sub.add_parser("runs", help="list recorded runs", description="List recorded runs, newest first.")
     runs.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -208,6 +215,41 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--positive", metavar="VALUE",
                       help="the target's value that counts as 1 (default: chosen from a binary target)")
 
+    export = sub.add_parser("export", help="the project for Airflow, Kubeflow Pipelines, Kubernetes, CI or MLflow",
+                            description="Write what another engine reads, from the rendered pipeline.yaml: each "
+                                        "orchestrator step runs `mlops-nb run --task NAME --only` in the project, "
+                                        "whose data/ the steps share. The engines' own tools check the output "
+                                        "(their environments: `mlops-nb export tools`).")
+    esub = export.add_subparsers(dest="export_command", metavar="TARGET", required=True)
+    airflow = esub.add_parser("airflow", help="an Airflow 3 DAG: a task a pipeline task, the same edges")
+    airflow.add_argument("--out", metavar="DIR", default="exports/airflow", help="where the DAG file goes "
+                         "(default exports/airflow; point it at the dags folder)")
+    airflow.add_argument("--dag-id", metavar="ID", default="mlops_nb", help="the DAG's id (default mlops_nb)")
+    airflow.add_argument("--image", metavar="IMAGE", help="run each task in a pod of this image "
+                         "(KubernetesPodOperator) instead of a shell on the worker")
+    kfp = esub.add_parser("kfp", help="a Kubeflow Pipelines v2 pipeline, compiled by the kfp SDK")
+    kfp.add_argument("--image", metavar="IMAGE", required=True, help="the pipeline's image (see the Dockerfile "
+                     "that `mlops-nb export k8s` writes)")
+    kfp.add_argument("--out", metavar="FILE", default="exports/kfp/pipeline.yaml",
+                     help="the compiled pipeline (default exports/kfp/pipeline.yaml)")
+    k8s = esub.add_parser("k8s", help="Kubernetes manifests for a Bento's container, and the pipeline's Dockerfile")
+    k8s.add_argument("--bento", metavar="TAG", help="the Bento to deploy (default: the newest one built for the "
+                     "champion, `mlops-nb build`)")
+    k8s.add_argument("--out", metavar="DIR", default="exports/k8s", help="where the files go (default exports/k8s)")
+    ci = esub.add_parser("ci", help="GitLab CI, Jenkins and GitHub Actions files: test, pipeline, bento")
+    ci.add_argument("--out", metavar="DIR", default=".", help="the repository's root (default .)")
+    mlflow = esub.add_parser("mlflow", help="copy runs, reports and model versions into MLflow (idempotent)")
+    mlflow.add_argument("--tracking-uri", metavar="URI", required=True,
+                        help="an MLflow tracking server or store, e.g. sqlite:///mlflow.db or http://127.0.0.1:5000")
+    mlflow.add_argument("--registry-uri", metavar="URI", help="the model registry (default: the tracking URI)")
+    mlflow.add_argument("--experiment", metavar="NAME", default="mlops-nb", help="the experiment (default mlops-nb)")
+    for p in (airflow, kfp):
+        p.add_argument("-p", "--param", action="append", default=[], type=_parse_param, metavar="KEY=VALUE",
+                       help="a setting every step runs with (as `mlops-nb run -p`); repeatable")
+    tools = esub.add_parser("tools", help="make the exporters' environments (Airflow, kfp, MLflow, Kubernetes "
+                                          "and CI checkers); the only export step that downloads")
+    tools.add_argument("names", nargs="*", metavar="NAME", help="which (default: all)")
+
     lab = sub.add_parser("lab", help="JupyterLab on the project: task notebooks open as notebooks, with a run's "
                                      "values; any other option goes to JupyterLab (e.g. --no-browser)")
     lab.add_argument("--port", type=int, default=8888)
@@ -232,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                     "models": cmd_models, "serve": cmd_serve, "build": cmd_build, "gc": cmd_gc,
                     "feedback": cmd_feedback, "monitor": cmd_monitor, "drift": cmd_drift, "alerts": cmd_alerts,
                     "retrain": cmd_retrain, "simulate": cmd_simulate, "report": cmd_report,
-                    "init": cmd_init, "features": cmd_features}
+                    "init": cmd_init, "features": cmd_features, "export": cmd_export}
         if args.command in FLIGHTS_ONLY:
             _flights_only(args.command)
         if args.command in ("runs", "models", "serve", "build", "gc", "report"):

@@ -10,12 +10,20 @@ def cmd_run(args) -> int:
     from .. import config
 
     overrides = dict(args.param)
+    if args.only and not args.task:
+        print("error: --only runs one task alone: name it with --task NAME (e.g. `mlops-nb run --task train --only`).",
+              file=sys.stderr)
+        return 2
     if _is_plain_ploomber_project():
+        if args.only:
+            print("error: --only needs an mlops-nb project (settings.ini): its runs record what each task built. "
+                  "In a plain Ploomber project, `ploomber task NAME` builds one task.", file=sys.stderr)
+            return 2
         return _run_plain(Path("pipeline.yaml"), overrides, args)
     settings = config.load(overrides=overrides)
     from ..run import transaction
 
-    outcome = transaction.run(settings, force=args.force, target=args.task,
+    outcome = transaction.run(settings, force=args.force, target=args.task, only=args.only,
                               progress=None if args.quiet else _progress,
                               announce=lambda line: print(line, file=sys.stderr, flush=True))
     rec = outcome.record
@@ -48,7 +56,15 @@ def cmd_run(args) -> int:
         print("The warehouse, the products and the registry are as they were before this run"
               + (f" (undone: {'; '.join(outcome.undone)})." if outcome.undone else "."), file=sys.stderr)
         return outcome.error.exit_code
+    gated = rec.gate and any(t.name == rec.gate.get("task") and t.status == "ran" for t in rec.tasks)
+    if args.strict_gate and gated and not rec.gate.get("promote"):
+        print(f"\nerror: the gate refused model {rec.model_version} (--strict-gate): "
+              + "; ".join(rec.gate.get("reasons") or ["see the gate report"]), file=sys.stderr)
+        return GATE_REFUSED
     return 0
+
+
+GATE_REFUSED = 8  # `mlops-nb run --strict-gate`: the run landed, but the gate refused its model
 
 
 def _progress(task: str, event: str, seconds: float) -> None:

@@ -76,6 +76,14 @@ def now_iso(at: float | None = None) -> str:
 WINDOW_STAMP = "%Y%m%dT%H%M"  # a window file's name starts with its window's start (UTC) so written
 
 
+def worker_name() -> str:
+    """This process's name in the files it writes: host and pid, so that replicas (containers, whose pids are
+    alike) writing to one shared folder never write the same file."""
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def window_path(folder: Path, kind: str, window_start: float, worker: str, suffix: str, part: int = 0) -> Path:
     """<folder>/<kind>/<window start as YYYYmmddTHHMM>-<worker><suffix>, or for a rotated ``part`` > 0
     <window start>-<worker>.<part><suffix>: the name still opens with the window's start."""

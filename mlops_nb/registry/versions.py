@@ -23,7 +23,7 @@ from .. import config
 from ..errors import MlopsNbError, NotFoundError, did_you_mean
 
 __all__ = ["ACTIONS", "ALIASES", "COMPILED_FILE", "INFO_FILE", "MODEL_FILE", "PROFILES_DIR", "RegistryError", "Version", "aliases",
-           "audit", "champion", "diff", "expected_sha256", "load", "load_compiled", "load_file", "load_version", "model_dir", "promote",
+           "audit", "champion", "diff", "expected_sha256", "flatten", "load", "load_compiled", "load_file", "load_version", "model_dir", "promote",
            "record_gate", "reference_dir", "register", "registrations", "remove_unregistered", "resolve", "rollback",
            "save", "served", "set_alias", "show", "store_dirs", "versions"]
 
@@ -422,7 +422,7 @@ def diff(con, a: str, b: str) -> list[tuple[str, object, object]]:
     left, right = show(con, a), show(con, b)
     out = []
     for section in ("metrics", "lineage", "gate"):
-        la, lb = _flatten(left.get(section) or {}), _flatten(right.get(section) or {})
+        la, lb = flatten(left.get(section) or {}), flatten(right.get(section) or {})
         la = {k: v for k, v in la.items() if not k.startswith("feature_schema.")}
         lb = {k: v for k, v in lb.items() if not k.startswith("feature_schema.")}
         for key in sorted(set(la) | set(lb)):
@@ -430,11 +430,13 @@ def diff(con, a: str, b: str) -> list[tuple[str, object, object]]:
     return out
 
 
-def _flatten(d, prefix=""):
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested dict's leaves under dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``): how model.json's
+    sections are compared (``diff``) and copied as flat parameters (``export.mlflow``)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

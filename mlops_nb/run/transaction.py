@@ -98,8 +98,13 @@ GATE_ALIASES = ("champion", "challenger")
 
 
 def run(settings: config.Settings, force: bool = False, target: str | None = None,
-        progress=None, announce=None, trigger: str | None = None, gate_alias: str = "champion") -> Outcome:
+        progress=None, announce=None, trigger: str | None = None, gate_alias: str = "champion",
+        only: bool = False) -> Outcome:
     """``announce(line)`` is told at once when a killed run had to be finished or undone first.
+
+    ``target`` runs that task and what it needs; with ``only``, that task alone, against the products its
+    upstream tasks already made: an orchestrator's step (``mlops-nb run --task NAME --only``). A missing or
+    stale upstream is an ``UpstreamNotReady`` naming it, and nothing changes.
 
     ``trigger`` names what started the run in its record (None: `mlops-nb run`; a retrain says
     'retrain: ...'). ``gate_alias`` is the alias a model that passes the gate gets when the run commits:
@@ -107,6 +112,8 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
     its reason names the trigger)."""
     if gate_alias not in GATE_ALIASES:
         raise MlopsNbError(f"The 'gate_alias' of a run must be one of {GATE_ALIASES}; got {gate_alias!r} instead.")
+    if only and target is None:
+        raise MlopsNbError("The 'only' parameter of run needs a 'target' (the task to run alone); got none.")
     record = records.RunRecord(records.new_run_id(), records.now(), params=settings.as_dict(), trigger=trigger)
     _RECEIVED.clear()
     with run_lock(settings), _signals(_interrupt):
@@ -119,8 +126,10 @@ def run(settings: config.Settings, force: bool = False, target: str | None = Non
             from ..errors import NotFoundError, did_you_mean
             raise NotFoundError(f"No task named {target!r}; the tasks are {plan.order()}."
                                 f"{did_you_mean(target, plan.tasks)}")
-        scope = _closure(plan, target) if target else plan.order()
+        scope = [target] if only else _closure(plan, target) if target else plan.order()
         why = planning.stale_tasks(plan, state, settings.path("warehouse").exists())
+        if only:
+            _check_upstream(plan, target, why)
         stale = {t: why.get(t, "--force") for t in scope if t in why or force}
         record.git_commit, record.git_dirty = records.git_info(settings.root)
         record.versions = records.library_versions()
@@ -497,6 +506,21 @@ def _rendering(renderer, plan, progress):
     return report
 
 
+def _check_upstream(plan: planning.Plan, target: str, why: dict[str, str]) -> None:
+    """``target`` may run alone: every task upstream of it is up to date (built with these settings, code and
+    data, its products on disk as it wrote them)."""
+    from ..errors import UpstreamNotReady
+
+    behind = [(name, why[name]) for name in _closure(plan, target) if name != target and name in why]
+    if behind:
+        first = behind[0][0]
+        raise UpstreamNotReady(
+            f"Task {target!r} cannot run alone (--only): what it reads is not ready: "
+            + "; ".join(f"task {name!r}: {reason}" for name, reason in behind)
+            + f". Run the upstream first (`mlops-nb run --task {behind[-1][0]}`, which runs {first!r} and what "
+            f"follows it), or run {target!r} with what it needs (`mlops-nb run --task {target}`, without --only).")
+
+
 def _closure(plan: planning.Plan, target: str) -> list[str]:
     """``target`` and everything upstream of it, in plan order."""
     needed, todo = set(), [target]
@@ -544,7 +568,7 @@ def _lineage(plan: planning.Plan, record: records.RunRecord) -> None:
         decision = found[1]
         record.model_version = decision["version"]
         record.gate = {"promote": decision.get("promote"), "reasons": decision.get("reasons"),
-                       "aliases": decision.get("aliases")}
+                       "aliases": decision.get("aliases"), "task": found[0]}
 
 
 def _save(settings: config.Settings, record: records.RunRecord) -> None:

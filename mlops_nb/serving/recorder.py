@@ -32,7 +32,6 @@ it had not written are lost; those of a hand-over that failed are counted in /me
 """
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import config
-from ..data.logs import PREDICTIONS, PROFILES, REQUESTS, expire
+from ..data.logs import PREDICTIONS, PROFILES, REQUESTS, expire, worker_name
 from . import metrics
 from .writer import frame, send
 
@@ -81,7 +80,7 @@ class Recorder:
         self.window_seconds = window_minutes * 60
         self.shadow = shadow            # (version, predict) of the silent challenger, or None
         self.log, self.profile = log, profile
-        self.worker = f"{os.getpid()}"
+        self.worker = worker_name()
         self.queue_max_rows = int(queue_max_rows)
         self.log_max_bytes = int(log_max_mb * 2**20)
         self.log_max_age_seconds = log_max_age_days * 86400.0

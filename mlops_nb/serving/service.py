@@ -370,7 +370,7 @@ class FlightDelay:
         a failed write is cut off again, so that no partial line is left to spoil the next one."""
         stamp = logs.now_iso(at)
         lines = [logs.feedback_line(o.request_id, o.key, o.late, o.arr_delay, stamp, "http") for o in outcomes]
-        path = logs.day_path(self.out, logs.FEEDBACK, at, str(os.getpid()))
+        path = logs.day_path(self.out, logs.FEEDBACK, at, logs.worker_name())
         with self._feedback_lock:
             size = path.stat().st_size if path.is_file() else 0
             try:
