@@ -213,13 +213,14 @@ ip addr add "$POD_IP/32" dev lo
 mount -t tmpfs -o mode=755 pod-root "$R"
 for d in usr etc dev sys proc; do mkdir -p "$R/$d"; mount --rbind "/$d" "$R/$d"; done
 for l in bin lib lib64 sbin; do ln -s "usr/$l" "$R/$l"; done
+# the volumes first: the stand-in venv may lie below one of them (a checkout under /tmp), and must stay visible
+for p in $VOLUMES; do mkdir -p "$R$p"; mount -t tmpfs -o mode=1777 emptydir "$R$p"; done
 mkdir -p "$R$VENV" "$R$PYTHON_HOME" "$R$BENTO_PATH"
 mount --bind "$VENV" "$R$VENV"
 mount --bind "$PYTHON_HOME" "$R$PYTHON_HOME"
 for d in usr etc sys "$VENV" "$PYTHON_HOME"; do mount -o remount,bind,ro "$R/${d#/}"; done
 cp -a "$BUILD_CONTEXT/." "$R$BENTO_PATH/"
 chown -R "$POD_UID:$POD_GID" "$R$BENTO_PATH"
-for p in $VOLUMES; do mkdir -p "$R$p"; mount -t tmpfs -o mode=1777 emptydir "$R$p"; done
 mount -o remount,ro "$R"
 if touch "$R/written" 2>/dev/null; then echo "the pod's root file system is writable" >&2; exit 3; fi
 chroot "$R" /usr/bin/setpriv --reuid="$POD_UID" --regid="$POD_GID" --clear-groups "$@" >"$POD_LOG" 2>&1 &
@@ -229,7 +230,7 @@ SERVER_PID=$server "$PROBE_PYTHON" "$PROBE" >"$PROBE_OUT"
 rc=$?
 kill -TERM "$server"
 wait "$server"
-for p in $VOLUMES; do (cd "$R$p" && find . -type f | sed "s|^\.|${p%/}|"); done >"$FILES_OUT"
+for p in $VOLUMES; do (cd "$R$p" && find . -xdev -type f | sed "s|^\.|${p%/}|"); done >"$FILES_OUT"
 exit $rc
 """
 
