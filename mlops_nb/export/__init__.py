@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
-from ..errors import ExportError
+from ..errors import ExportError, SettingsError
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,17 @@ def steps(settings: config.Settings) -> list[Step]:
 
     plan = planning.load_plan(settings)
     return [Step(t.name, tuple(t.upstream)) for t in plan.tasks.values()]
+
+
+def overrides(settings: config.Settings, params: dict | None, command: str) -> tuple[config.Settings, dict[str, str]]:
+    """The settings with the ``-p`` overrides of ``mlops-nb export COMMAND``, and the overrides by their full
+    'section.key' names, sorted: checked as a run checks them, so that a bad one fails here, not in the engine."""
+    try:
+        named = {"{}.{}".format(*config.split_key(key)): config.to_raw(value) for key, value in (params or {}).items()}
+        return (settings.replace(named) if named else settings), dict(sorted(named.items()))
+    except SettingsError as e:
+        raise ExportError(f"{e} Each -p of `mlops-nb export {command}` is a setting every task runs with, as with "
+                          "`mlops-nb run -p`.") from None
 
 
 def write_files(out: Path, files: dict[str, str | bytes]) -> list[Path]:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from .. import config
-from ..errors import ExportError, SettingsError
-from . import Step, steps, write_files
+from ..errors import ExportError
+from . import Step, overrides, steps, write_files
 
 DAG_ID = re.compile(r"[A-Za-z0-9_.-]+")  # Airflow's rule for dag and task ids (airflow.sdk ... validate_key)
 MAX_ID = 250
@@ -32,7 +32,7 @@ def export(settings: config.Settings, out: Path, dag_id: str = "mlops_nb", image
     if image is not None and (not image.strip() or any(c.isspace() for c in image) or _has_jinja(image)):
         raise ExportError(f"--image must name a container image such as registry.example.com/flights:1.0; got "
                           f"{image!r}.")
-    params, overridden = _settings_params(settings, params or {})
+    overridden, params = overrides(settings, params, "airflow")
     plan = steps(overridden)
     for step in plan:
         _check_id(f"The pipeline's task {step.name!r}, as an Airflow task id,", step.name,
@@ -59,16 +59,6 @@ def _check_id(what: str, value: str, fix: str) -> None:
 
 def _has_jinja(text: str) -> bool:
     return any(mark in text for mark in JINJA_MARKS)
-
-
-def _settings_params(settings: config.Settings, params: dict) -> tuple[dict[str, str], config.Settings]:
-    """The ``-p`` overrides as 'section.key' -> text, checked as a run checks them, and the settings with them."""
-    try:
-        named = {"{}.{}".format(*config.split_key(key)): config.to_raw(value) for key, value in params.items()}
-        return dict(sorted(named.items())), settings.replace(named)
-    except SettingsError as e:
-        raise ExportError(f"{e} Each -p of `mlops-nb export airflow` is a setting every task runs with, as with "
-                          "`mlops-nb run -p`.") from None
 
 
 def _header(settings: config.Settings, dag_id: str, lines: list[str]) -> list[str]:

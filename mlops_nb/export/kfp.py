@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 
 from .. import config
-from ..errors import ExportError, SettingsError
-from . import steps, tools, write_files
+from ..errors import ExportError
+from . import overrides, steps, tools, write_files
 
 SCRIPT = Path(__file__).parent / "scripts" / "kfp_compile.py"
 TEMPLATE = Path(__file__).parent / "templates" / "Dockerfile.pipeline"
@@ -43,7 +43,7 @@ def export(settings: config.Settings, out: Path, image: str, params: dict | None
     if out.is_dir():
         raise ExportError(f"--out must name the compiled pipeline's file; {out} is a folder. Give a file path "
                           f"such as {out / 'pipeline.yaml'}.")
-    settings, overrides = _with_overrides(settings, params)
+    settings, named = overrides(settings, params, "kfp")
     python = tools.bin_dir(settings, "kfp") / "python"
     name = pipeline_name(settings)
     mount = str(image_path(settings, "data_dir"))
@@ -52,7 +52,7 @@ def export(settings: config.Settings, out: Path, image: str, params: dict | None
         "description": f"mlops-nb pipeline of {settings.root.name}: one container a task, each "
                        f"`mlops-nb run --task NAME --only`, sharing the claim {CLAIM_INPUT} at {mount}.",
         "steps": [{"name": s.name, "upstream": list(s.upstream), "command": s.command()} for s in steps(settings)],
-        "params": [{"key": key, "input": key.replace(".", "__"), "default": value} for key, value in overrides.items()],
+        "params": [{"key": key, "input": key.replace(".", "__"), "default": value} for key, value in named.items()],
         "claim": {"input": CLAIM_INPUT, "default": f"{name}-data"},
         "data_mount": mount,
     }
@@ -70,19 +70,6 @@ def export(settings: config.Settings, out: Path, image: str, params: dict | None
                               f"given has {len(spec['steps'])} tasks (pipeline.yaml) and image {image!r}.")
         compiled = Path(spec["out"]).read_bytes()
     return write_files(out.parent, {out.name: compiled})
-
-
-def _with_overrides(settings: config.Settings, params: dict | None) -> tuple[config.Settings, dict[str, str]]:
-    """The settings with the ``-p`` overrides, and the overrides by their full 'section.key' names, checked as a run
-    checks them (a bad one fails here, not in the cluster)."""
-    out = {}
-    try:
-        for key, value in (params or {}).items():
-            section, name = config.split_key(key)
-            out[f"{section}.{name}"] = str(value)
-        return (settings.replace(out) if out else settings), out
-    except SettingsError as e:
-        raise ExportError(f"Cannot export with these -p overrides: {e}") from None
 
 
 def pipeline_name(settings: config.Settings) -> str:
